@@ -1,0 +1,101 @@
+"""Metrics on disk: ``metrics.jsonl`` (one JSON object per logged step) and the plots a person looks at."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from pipeline.runs import METRICS
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Append every ``Trainer.log`` call to ``<folder>/metrics.jsonl`` (main process only)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / METRICS
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 (TrainerCallback hook)
+        if state.is_world_process_zero and logs:
+            append_metrics(self.path, {"step": state.global_step, "epoch": state.epoch, **logs})
+
+
+def append_metrics(path: Path, record: Mapping[str, object]) -> None:
+    """Append one record as a JSON line."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record, default=float) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All records of a ``metrics.jsonl`` file (empty list when it does not exist)."""
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _series(records: Iterable[dict], key: str, x_key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for record in records:
+        value = record.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value) and x_key in record:
+            xs.append(record[x_key])
+            ys.append(value)
+    return xs, ys
+
+
+def plot_curves(
+    records: Sequence[dict], out_dir: Path, panels: Mapping[str, Sequence[str]], x_key: str = "step"
+) -> list[Path]:
+    """One PNG per panel (``{file stem: [metric keys]}``) with each key's curve against ``x_key``.
+
+    Panels whose keys never appear are skipped; returns the files written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, keys in panels.items():
+        curves = {key: _series(records, key, x_key) for key in keys}
+        curves = {key: xy for key, xy in curves.items() if xy[0]}
+        if not curves:
+            continue
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for key, (xs, ys) in curves.items():
+            axis.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        axis.set_xlabel(x_key)
+        axis.set_title(stem.replace("_", " "))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        path = out_dir / f"{stem}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def plot_histograms(samples: Mapping[str, Sequence[float]], path: Path, title: str, xlabel: str) -> Path:
+    """Overlaid histograms of named samples (e.g. rewards of chosen vs rejected completions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, values in samples.items():
+        axis.hist(list(values), bins=40, alpha=0.5, label=name)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("count")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

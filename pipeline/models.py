@@ -1,0 +1,130 @@
+"""Load tokenizers, policies, reward and value models from a hub id or a local path; LoRA and 4/8-bit options."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from trl.trainer.utils import disable_dropout_in_model, get_peft_config, get_quantization_config
+
+from pipeline.config import ModelArguments
+from pipeline.errors import PipelineError
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else (./x, /x, a/b/c, x.json) is meant as a local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def resolve_model_source(name_or_path: str | None, what: str) -> str:
+    """Check a model reference before any hub call: a local path must exist; a hub id needs a reachable hub."""
+    if not name_or_path:
+        raise PipelineError(f"no {what} given: set model_name_or_path to a local folder or a hub id")
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.exists(expanded):
+        if not os.path.isdir(expanded):
+            raise PipelineError(f"{what} '{name_or_path}' is a file; give the folder that holds config.json")
+        return expanded
+    if looks_like_path(name_or_path):
+        raise PipelineError(
+            f"{what} path '{name_or_path}' does not exist; check the path (or run the stage that makes it)"
+        )
+    if hub_offline():
+        raise PipelineError(
+            f"{what} '{name_or_path}' is not a local folder and no hub is reachable (HF_HUB_OFFLINE=1): "
+            "download the model where a hub is reachable and give its local path"
+        )
+    return name_or_path
+
+
+def load_tokenizer(source: str, pad_token: str | None = None, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """Load a tokenizer and make sure it pads with a token different from EOS."""
+    tokenizer = AutoTokenizer.from_pretrained(source, padding_side=padding_side)
+    if tokenizer.pad_token is None:
+        if pad_token is None:
+            raise PipelineError(
+                f"the tokenizer of '{source}' has no pad token: pass --tokenizer_pad_token with a token from its vocabulary "
+                "that is not EOS (for example its unk token or a reserved special token)"
+            )
+        if pad_token not in tokenizer.get_vocab():
+            raise PipelineError(f"tokenizer_pad_token '{pad_token}' is not in the vocabulary of '{source}'")
+        tokenizer.pad_token = pad_token
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise PipelineError(
+            f"the tokenizer of '{source}' pads with its EOS token '{tokenizer.eos_token}'; with pad == EOS the policy "
+            "never learns to stop: pass --tokenizer_pad_token with another token from its vocabulary"
+        )
+    return tokenizer
+
+
+def model_load_kwargs(model_args: ModelArguments) -> dict:
+    """``from_pretrained`` keyword arguments for dtype and 4/8-bit quantization (bitsandbytes)."""
+    kwargs: dict = {"dtype": model_args.dtype}
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = _local_device_map()
+    return kwargs
+
+
+def _local_device_map() -> dict[str, int | str]:
+    """Place a quantized model on this process's device (quantized models cannot be moved after loading)."""
+    from accelerate import PartialState
+
+    device = PartialState().device
+    return {"": device.index if device.type == "cuda" and device.index is not None else device.type}
+
+
+def load_causal_lm(source: str, model_args: ModelArguments) -> PreTrainedModel:
+    """A causal LM for generation or training, with dropout off (RLHF detail: dropout breaks logprob ratios)."""
+    model = AutoModelForCausalLM.from_pretrained(source, **model_load_kwargs(model_args))
+    disable_dropout_in_model(model)
+    return model
+
+
+def load_sequence_scorer(source: str, model_args: ModelArguments, pad_token_id: int) -> PreTrainedModel:
+    """A sequence-classification model with one output (reward or value), dropout off."""
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **model_load_kwargs(model_args))
+    model.config.pad_token_id = pad_token_id
+    disable_dropout_in_model(model)
+    return model
+
+
+def lora_config(model_args: ModelArguments, task_type: str) -> LoraConfig | None:
+    """TRL's LoRA config from the model options for ``task_type`` ('CAUSAL_LM' or 'SEQ_CLS'); None without LoRA."""
+    if not model_args.use_peft:
+        return None
+    model_args.lora_task_type = task_type
+    config = get_peft_config(model_args)
+    if task_type == "SEQ_CLS" and not config.modules_to_save:
+        config.modules_to_save = ["score"]
+    return config
+
+
+def merge_adapter(base_source: str, adapter_dir: Path, out_dir: Path, scorer: bool = False) -> None:
+    """Apply a saved LoRA adapter to a full-precision copy of its base and save the merged plain model.
+
+    Reloading the base unquantized makes this work for QLoRA adapters too (4-bit weights cannot be merged).
+    """
+    auto_class = AutoModelForSequenceClassification if scorer else AutoModelForCausalLM
+    extra = {"num_labels": 1} if scorer else {}
+    base = auto_class.from_pretrained(base_source, dtype=torch.float32, **extra)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)

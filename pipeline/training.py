@@ -1,0 +1,42 @@
+"""What the TRL-trainer stages (SFT, RM) share: output locations, saving, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import Trainer, TrainingArguments
+
+from pipeline.metrics import plot_curves, read_metrics
+from pipeline.models import merge_adapter
+from pipeline.runs import METRICS
+
+
+def point_outputs_to(args: TrainingArguments, work: Path) -> None:
+    """Send the trainer's checkpoints into the stage's work folder (they are not part of the final stage)."""
+    args.output_dir = str(work / "checkpoints")
+    args.logging_dir = str(work / "logs")
+
+
+def save_trained_model(trainer: Trainer, work: Path, base_source: str, scorer: bool = False) -> str:
+    """Save a full model to ``model/``; a LoRA run saves ``adapter/`` and the merged plain model to ``model/``.
+
+    Returns the name of the folder later stages load with ``from_pretrained``.
+    """
+    is_lora = hasattr(trainer.model, "peft_config") or hasattr(
+        trainer.accelerator.unwrap_model(trainer.model), "peft_config"
+    )
+    target = work / ("adapter" if is_lora else "model")
+    trainer.save_model(str(target))
+    if PartialState().is_main_process:
+        trainer.processing_class.save_pretrained(target)
+        if is_lora:
+            merge_adapter(base_source, target, work / "model", scorer=scorer)
+    PartialState().wait_for_everyone()
+    return "model"
+
+
+def plot_stage_metrics(work: Path, panels: dict[str, list[str]]) -> None:
+    """Draw the stage's curves from its ``metrics.jsonl`` into ``plots/`` (main process only)."""
+    if PartialState().is_main_process:
+        plot_curves(read_metrics(work / METRICS), work / "plots", panels)
