@@ -1,0 +1,56 @@
+"""A learned reward model (sequence classification, one output) as a reward source, with its own tokenizer."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class LearnedReward:
+    """Scores ``prompt + completion + EOS`` with a reward model, the way TRL's RewardTrainer trained it.
+
+    Text from the policy is decoded and re-tokenized with the reward model's own tokenizer (special tokens
+    added as TRL's RewardTrainer adds them), so policy and reward model need not share a vocabulary.
+    The score is read at the last non-pad token, i.e. at EOS.
+    """
+
+    __name__ = "reward_model"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def texts(self, prompts: list, completions: list) -> list[str]:
+        """The sequences the model scores: conversational rows through the chat template, strings + EOS."""
+        texts = []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            if isinstance(completion, list):
+                texts.append(self.tokenizer.apply_chat_template(prompt + completion, tokenize=False))
+                continue
+            text = prompt + completion
+            texts.append(text if text.endswith(self.tokenizer.eos_token) else text + self.tokenizer.eos_token)
+        return texts
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, completions: list, **columns) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        texts = self.texts(prompts, completions)
+        scores = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=self.max_length is not None,
+                max_length=self.max_length,
+            ).to(device)
+            scores.append(self.model(**batch).logits[:, 0].float().cpu())
+        return torch.cat(scores) if scores else torch.zeros(0)

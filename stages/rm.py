@@ -1,0 +1,95 @@
+"""RM stage: a pairwise (Bradley-Terry) reward model with TRL's RewardTrainer, initialized from the SFT model.
+
+Run: ``accelerate launch -m stages.rm --config configs/<preset>/rm.yaml [--field value ...]``.
+Without ``model_name_or_path`` it starts from this run's SFT model (as InstructGPT does).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from trl import RewardConfig, RewardTrainer
+
+from pipeline.config import DataArguments, ModelArguments, RunArguments, parse_config
+from pipeline.datasets import load_preference_data
+from pipeline.errors import run_main
+from pipeline.metrics import JsonlMetricsCallback, plot_histograms
+from pipeline.models import load_sequence_scorer, load_tokenizer, lora_config, resolve_model_source
+from pipeline.runs import StageDir, begin_stage, end_stage, require_complete
+from pipeline.training import plot_stage_metrics, point_outputs_to, save_trained_model
+from reward_models.learned import LearnedReward
+
+PLOTS = {"loss": ["loss", "eval_loss"], "accuracy": ["accuracy", "eval_accuracy"], "margin": ["margin", "eval_margin"]}
+
+
+def held_out_scores(reward: LearnedReward, rows: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reward-model scores of the chosen and the rejected completion of every held-out pair."""
+    return reward(rows["prompt"], rows["chosen"]), reward(rows["prompt"], rows["rejected"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the reward model on preference pairs and write ``runs/<run>/rm/``."""
+    run_args, data_args, args, model_args = parse_config(
+        (RunArguments, DataArguments, RewardConfig, ModelArguments), argv
+    )
+    started = time.time()
+    stage = StageDir(run_args.runs_dir, run_args.run, "rm")
+    if model_args.model_name_or_path:
+        source = resolve_model_source(model_args.model_name_or_path, "reward model base")
+    else:
+        source = str(require_complete(run_args.runs_dir, run_args.run, "sft") / "model")
+    train_rows, eval_rows = load_preference_data(data_args)
+    tokenizer = load_tokenizer(source, model_args.tokenizer_pad_token)
+
+    work = begin_stage(stage)
+    point_outputs_to(args, work)
+    stage.write_manifest(
+        {"run": run_args, "data": data_args, "training": args, "model": model_args},
+        {"base_model": source, "dataset": data_args.dataset_name, "eval_dataset": data_args.eval_dataset_name or ""},
+        started,
+    )
+    trainer = RewardTrainer(
+        model=load_sequence_scorer(source, model_args, tokenizer.pad_token_id),
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        peft_config=lora_config(model_args, "SEQ_CLS"),
+        callbacks=[JsonlMetricsCallback(work)],
+    )
+    result = trainer.train()
+    model_folder = save_trained_model(trainer, work, source, scorer=True)
+
+    summary: dict = {}
+    if PartialState().is_main_process:
+        reward = LearnedReward(trainer.accelerator.unwrap_model(trainer.model), tokenizer, max_length=args.max_length)
+        chosen, rejected = held_out_scores(reward, eval_rows)
+        plot_histograms(
+            {"chosen": chosen.tolist(), "rejected": rejected.tolist()},
+            Path(work) / "plots" / "reward_distribution.png",
+            title="Held-out reward: chosen vs rejected",
+            xlabel="reward-model score",
+        )
+        summary = {
+            "eval_accuracy": (chosen > rejected).float().mean().item(),
+            "eval_margin": (chosen - rejected).mean().item(),
+            "eval_reward_mean": torch.cat([chosen, rejected]).mean().item(),
+            "eval_reward_std": torch.cat([chosen, rejected]).std().item(),
+            "train_loss": result.training_loss,
+            "train_rows": len(train_rows),
+            "eval_rows": len(eval_rows),
+            "model": model_folder,
+            "lora": bool(model_args.use_peft),
+        }
+    plot_stage_metrics(work, PLOTS)
+    end_stage(stage, summary, started)
+    if PartialState().is_main_process:
+        print(f"rm: held-out pairwise accuracy {summary['eval_accuracy']:.3f}; wrote {stage.final}")
+
+
+if __name__ == "__main__":
+    run_main(main)
