@@ -1,0 +1,130 @@
+"""PPO stage: optimize the SFT policy against a reward source with a KL penalty to the SFT reference.
+
+Run: ``accelerate launch -m stages.ppo --config configs/<preset>/ppo.yaml [--field value ...]``.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+from accelerate import PartialState
+
+from pipeline.config import DataArguments, RunArguments, parse_config
+from pipeline.datasets import load_prompt_data
+from pipeline.errors import PipelineError, run_main
+from pipeline.metrics import JsonlMetricsCallback, plot_curves, read_metrics
+from pipeline.models import load_tokenizer, resolve_model_source
+from pipeline.runs import METRICS, StageDir, begin_stage, end_stage, require_complete
+from reward_models.registry import build_reward
+from stages.ppo.build import build_policy_and_value, reward_model_loader, save_policy_and_value
+from stages.ppo.config import PPOConfig, PPOModelArguments
+from stages.ppo.evaluate import evaluate_policies
+from stages.ppo.trainer import PPOTrainer
+
+PLOTS = {
+    "score": ["objective/scores", "objective/gold_scores", "objective/rlhf_reward"],
+    "kl": ["objective/kl"],
+    "beta": ["objective/kl_coef"],
+    "losses": ["loss/policy_avg", "loss/value_avg"],
+    "response_length": ["val/response_length"],
+    "clipfrac": ["policy/clipfrac_avg", "val/clipfrac_avg"],
+    "approxkl": ["policy/approxkl_avg"],
+}
+
+
+def _input(path: str | None, runs_dir: str, run: str, stage: str, what: str) -> str:
+    if path:
+        return resolve_model_source(path, what)
+    return str(require_complete(runs_dir, run, stage) / "model")
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: GPU memory allocated by torch on CUDA, else peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
+    return peak_rss / 2**20 if sys.platform == "darwin" else peak_rss / 1024
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the policy with PPO and write ``runs/<run>/ppo/``."""
+    run_args, data_args, args, model_args = parse_config(
+        (RunArguments, DataArguments, PPOConfig, PPOModelArguments), argv
+    )
+    started = time.time()
+    stage = StageDir(run_args.runs_dir, run_args.run, "ppo")
+    if args.value_model == "adapter" and not model_args.use_peft:
+        raise PipelineError(
+            "value_model 'adapter' needs use_peft true; use --value_model separate for full fine-tuning"
+        )
+    sft_source = _input(args.sft_model_path, run_args.runs_dir, run_args.run, "sft", "SFT model")
+    specs = f"{args.reward},{args.gold_reward or ''}".split(",")
+    needs_rm = "rm" in specs or args.value_model == "separate" and not args.value_model_path
+    rm_source = (
+        _input(args.reward_model_path, run_args.runs_dir, run_args.run, "rm", "reward model") if needs_rm else None
+    )
+    value_source = resolve_model_source(args.value_model_path, "value model") if args.value_model_path else rm_source
+    tokenizer = load_tokenizer(sft_source, model_args.tokenizer_pad_token)
+    train_rows, eval_rows = load_prompt_data(data_args, tokenizer)
+
+    work = begin_stage(stage, resume=bool(args.resume_from_checkpoint))
+    args.output_dir, args.logging_dir = str(work), str(work / "logs")
+    if PartialState().is_main_process and not args.resume_from_checkpoint:
+        stage.write_manifest(
+            {"run": run_args, "data": data_args, "ppo": args, "model": model_args},
+            {"sft_model": sft_source, "reward_model": rm_source or "", "dataset": data_args.dataset_name or ""},
+            started,
+        )
+    load_rm = reward_model_loader(rm_source, model_args.dtype, args.local_rollout_forward_batch_size)
+    trainer = PPOTrainer(
+        args=args,
+        model=build_policy_and_value(sft_source, value_source, model_args, args, tokenizer.pad_token_id),
+        tokenizer=tokenizer,
+        prompts=train_rows,
+        reward_fn=build_reward(args.reward, args.reward_weights, load_rm),
+        gold_fn=build_reward(args.gold_reward, None, load_rm) if args.gold_reward else None,
+        work_dir=work,
+        callbacks=[JsonlMetricsCallback(work)],
+    )
+    last = trainer.train()
+    evaluation = evaluate_policies(trainer, eval_rows.select(range(min(args.eval_prompts, len(eval_rows)))))
+
+    summary: dict = {}
+    if trainer.accelerator.is_main_process:
+        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+        folders = save_policy_and_value(model, tokenizer, work, sft_source)
+        plot_curves(read_metrics(work / METRICS), work / "plots", PLOTS)
+        summary = {
+            "score": evaluation["policy"]["score"],
+            "kl": evaluation["policy"]["kl"],
+            "gold_score": evaluation["policy"].get("gold_score"),
+            "reference_score": evaluation["reference"]["score"],
+            "reference_gold_score": evaluation["reference"].get("gold_score"),
+            "score_gain": evaluation["score_gain"],
+            "gold_gain": evaluation.get("gold_gain"),
+            "evaluation": evaluation,
+            "last_update": last,
+            "updates": trainer.progress.update,
+            "episodes": last.get("episode"),
+            "episodes_per_second": last.get("eps"),
+            "peak_memory_mb": peak_memory_mb(),
+            "value_model": args.value_model,
+            "lora": bool(model_args.use_peft),
+            **folders,
+        }
+    end_stage(stage, summary, started)
+    if trainer.accelerator.is_main_process:
+        gold = (
+            f", gold {summary['reference_gold_score']:.3f} -> {summary['gold_score']:.3f}" if args.gold_reward else ""
+        )
+        print(
+            f"ppo: held-out score {summary['reference_score']:.3f} -> {summary['score']:.3f}{gold} "
+            f"at KL {summary['kl']:.2f}; wrote {stage.final}"
+        )
+
+
+if __name__ == "__main__":
+    run_main(main)

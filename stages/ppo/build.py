@@ -1,0 +1,96 @@
+"""Build the PPO stage's models: policy (+ reference) and value in the configured layout, and reward sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accelerate import PartialState
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from safetensors.torch import save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl.trainer.utils import disable_dropout_in_model
+
+from pipeline.config import ModelArguments
+from pipeline.models import load_causal_lm, load_sequence_scorer, load_tokenizer, lora_config, merge_adapter
+from reward_models.learned import LearnedReward
+from stages.ppo.config import PPOConfig
+from stages.ppo.modeling import POLICY_ADAPTER, VALUE_ADAPTER, PolicyAndValue, ValueHead
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def with_lora(model: PreTrainedModel, model_args: ModelArguments, task_type: str, gradient_checkpointing: bool):
+    """Wrap ``model`` in a LoRA adapter (preparing a 4/8-bit model for training first)."""
+    if getattr(model, "is_quantized", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    peft_model = get_peft_model(model, lora_config(model_args, task_type))
+    disable_dropout_in_model(peft_model)
+    return peft_model
+
+
+def build_policy_and_value(
+    sft_source: str, value_source: str | None, model_args: ModelArguments, args: PPOConfig, pad_token_id: int
+) -> PolicyAndValue:
+    """Policy from the SFT model; reference and value per ``args.value_model`` and ``model_args.use_peft``."""
+    policy = load_causal_lm(sft_source, model_args)
+    if args.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reference = None
+    if model_args.use_peft:
+        policy = with_lora(policy, model_args, "CAUSAL_LM", args.gradient_checkpointing)
+    else:
+        reference = load_causal_lm(sft_source, model_args).requires_grad_(False).eval()
+    if args.value_model == "adapter":
+        policy.add_adapter(VALUE_ADAPTER, lora_config(model_args, "CAUSAL_LM"))
+        disable_dropout_in_model(policy)
+        return PolicyAndValue(policy, value_head=ValueHead(policy.config.hidden_size))
+    value = load_sequence_scorer(value_source, model_args, pad_token_id)
+    if model_args.use_peft:
+        value = with_lora(value, model_args, "SEQ_CLS", args.gradient_checkpointing)
+    return PolicyAndValue(policy, value_model=value, reference=reference)
+
+
+def reward_model_loader(default_path: str | None, dtype: str, batch_size: int):
+    """A loader for learned reward sources: ``rm`` means ``default_path``, anything else is a folder or hub id."""
+    from pipeline.errors import PipelineError
+    from pipeline.models import resolve_model_source
+
+    def load(spec: str) -> LearnedReward:
+        if spec == "rm":
+            if default_path is None:
+                raise PipelineError("reward 'rm' needs a reward model: set reward_model_path or run `make rm`")
+            path = default_path
+        else:
+            path = resolve_model_source(spec, "reward model")
+        tokenizer = load_tokenizer(path)
+        model = load_sequence_scorer(path, ModelArguments(dtype=dtype), tokenizer.pad_token_id)
+        return LearnedReward(model.to(PartialState().device).requires_grad_(False), tokenizer, batch_size=batch_size)
+
+    return load
+
+
+def save_policy_and_value(
+    model: PolicyAndValue, tokenizer: PreTrainedTokenizerBase, work: Path, sft_source: str
+) -> dict[str, str]:
+    """Write ``adapter/`` + merged ``model/`` (or ``model/`` for full fine-tuning) and ``value/``; main process only.
+
+    Returns the folder names written, for the summary.
+    """
+    written = {"model": "model"}
+    if isinstance(model.policy, PeftModel):
+        model.policy.save_pretrained(work / "adapter", selected_adapters=[POLICY_ADAPTER])
+        tokenizer.save_pretrained(work / "adapter")
+        merge_adapter(sft_source, work / "adapter", work / "model")
+        written["adapter"] = "adapter"
+    else:
+        model.policy.save_pretrained(work / "model")
+        tokenizer.save_pretrained(work / "model")
+    value_dir = work / "value"
+    if model.one_base:
+        model.policy.save_pretrained(value_dir, selected_adapters=[VALUE_ADAPTER])
+        save_file({k: v.contiguous() for k, v in model.value_head.state_dict().items()}, value_dir / VALUE_HEAD_FILE)
+    else:
+        model.value_model.save_pretrained(value_dir)
+    tokenizer.save_pretrained(value_dir)
+    written["value"] = "value"
+    return written

@@ -1,0 +1,141 @@
+"""Policy, reference and value in one module, in one of two layouts.
+
+- ``adapter``: one base model holds a policy LoRA adapter and a value LoRA adapter with a scalar head; the
+  reference is the same base with adapters disabled. One copy of the base weights serves all three.
+- ``separate``: the value is its own sequence-classification model (initialized from the reward model); the
+  reference is the policy with its adapter disabled (LoRA) or a frozen copy (full fine-tune).
+
+Wrapping policy and value in one ``nn.Module`` lets one optimizer and one DDP/DeepSpeed/FSDP wrapper cover both.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import PreTrainedModel
+
+POLICY_ADAPTER = "default"
+VALUE_ADAPTER = "value"
+
+
+def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: 0 at the first real token (cumsum(mask) - mask)."""
+    return (attention_mask.cumsum(-1) - attention_mask).long()
+
+
+def trunk_of(model: PreTrainedModel | PeftModel) -> nn.Module:
+    """The transformer body (no LM or classification head); LoRA layers injected in it stay active."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return getattr(base, base.base_model_prefix)
+
+
+class ValueHead(nn.Module):
+    """A scalar value per position from the last hidden state, zero-initialized (values start at 0)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+class PolicyAndValue(nn.Module):
+    """``forward`` returns the policy's logits and the value estimates for the last ``keep`` positions."""
+
+    def __init__(
+        self,
+        policy: PreTrainedModel | PeftModel,
+        value_head: ValueHead | None = None,
+        value_model: PreTrainedModel | PeftModel | None = None,
+        reference: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__()
+        if (value_head is None) == (value_model is None):
+            raise ValueError("give either a value head (adapter layout) or a value model (separate layout)")
+        self.policy = policy
+        self.value_head = value_head
+        self.value_model = value_model
+        # A frozen full copy is kept out of the module's parameters (it is neither trained nor checkpointed).
+        self._reference = [reference] if reference is not None else []
+        self._trainable = [p for p in self.parameters() if p.requires_grad]
+        if value_head is not None:
+            self._trainable += [p for name, p in policy.named_parameters() if f".{VALUE_ADAPTER}." in name]
+            self._trainable = list({id(p): p for p in self._trainable}.values())
+            self._use_adapter(POLICY_ADAPTER)
+
+    @property
+    def one_base(self) -> bool:
+        return self.value_head is not None
+
+    def _backbones(self) -> list:
+        return [self.policy] + ([self.value_model] if self.value_model is not None else [])
+
+    # TRL's unwrap_model_for_generation switches gradient checkpointing off while generating.
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(model.is_gradient_checkpointing for model in self._backbones())
+
+    def gradient_checkpointing_disable(self) -> None:
+        for model in self._backbones():
+            model.gradient_checkpointing_disable()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        for model in self._backbones():
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def trainable_names(self) -> set[str]:
+        """Names (in this module) of the parameters PPO trains: what a checkpoint must hold."""
+        wanted = {id(p) for p in self._trainable}
+        return {name for name, p in self.named_parameters() if id(p) in wanted}
+
+    def _use_adapter(self, name: str) -> None:
+        # PEFT's set_adapter freezes every other adapter; a parameter frozen between forward and backward gets no
+        # gradient, so both adapters are made trainable again after each switch.
+        self.policy.set_adapter(name)
+        self._restore_trainable()
+
+    def _restore_trainable(self) -> None:
+        for parameter in self._trainable:
+            parameter.requires_grad_(True)
+
+    def values(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
+        """Value estimates for the last ``keep`` positions."""
+        if self.one_base:
+            self._use_adapter(VALUE_ADAPTER)
+            try:
+                hidden = trunk_of(self.policy)(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+                ).last_hidden_state
+            finally:
+                self._use_adapter(POLICY_ADAPTER)
+            return self.value_head(hidden[:, -keep:])
+        hidden = trunk_of(self.value_model)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+        return self.value_model.score(hidden[:, -keep:]).squeeze(-1).float()
+
+    def policy_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
+        """Policy logits for the last ``keep`` positions."""
+        return self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
+        ).logits
+
+    @torch.no_grad()
+    def reference_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
+        """Logits of the reference (SFT) policy: the adapter-disabled base, or the frozen copy."""
+        if self._reference:
+            return self._reference[0](
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
+            ).logits
+        with self.policy.disable_adapter():
+            logits = self.policy_logits(input_ids, attention_mask, position_ids, keep)
+        self._restore_trainable()
+        return logits
+
+    def forward(self, input_ids, attention_mask, position_ids, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        values = self.values(input_ids, attention_mask, position_ids, keep)
+        return self.policy_logits(input_ids, attention_mask, position_ids, keep), values

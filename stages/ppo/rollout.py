@@ -1,0 +1,121 @@
+"""One rollout batch: sample responses, recompute logprobs, reference logprobs and values, score, shape rewards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+from trl.trainer.utils import selective_log_softmax
+
+from stages.ppo.modeling import PolicyAndValue, position_ids_from
+
+
+@dataclass
+class Rollout:
+    """Tensors of one batch of episodes; [B, T] tensors cover the response tokens only."""
+
+    input_ids: torch.Tensor  # [B, P + T] left-padded prompt + response
+    attention_mask: torch.Tensor  # [B, P + T]
+    position_ids: torch.Tensor  # [B, P + T]
+    responses: torch.Tensor  # [B, T]
+    response_mask: torch.Tensor  # [B, T] 1 up to and including the first EOS
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor  # [B] score used for the reward (after normalization, clipping, penalty)
+    raw_scores: torch.Tensor  # [B] the reward source's output
+    ended: torch.Tensor  # [B] bool: the response contains EOS
+    kl: torch.Tensor = None  # per-token KL estimate
+    rewards: torch.Tensor = None
+    advantages: torch.Tensor = None
+    returns: torch.Tensor = None
+
+    def __len__(self) -> int:
+        return self.responses.shape[0]
+
+    @property
+    def response_length(self) -> int:
+        return self.responses.shape[1]
+
+    def rows(self, index: torch.Tensor) -> Rollout:
+        """The episodes at ``index`` (a minibatch)."""
+        return Rollout(
+            **{f.name: getattr(self, f.name)[index] for f in fields(self) if getattr(self, f.name) is not None}
+        )
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probabilities of ``tokens`` under ``logits`` divided by the sampling temperature."""
+    return selective_log_softmax(logits / temperature, tokens)
+
+
+@torch.no_grad()
+def generate(
+    policy,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    generation_config: GenerationConfig,
+    chunk_size: int,
+    pad_token_id: int,
+) -> torch.Tensor:
+    """Sample responses for left-padded prompts in chunks; returns [B, T] response tokens padded with pad."""
+    chunks = []
+    for start in range(0, prompt_ids.shape[0], chunk_size):
+        ids = prompt_ids[start : start + chunk_size]
+        output = policy.generate(
+            input_ids=ids,
+            attention_mask=prompt_mask[start : start + chunk_size],
+            generation_config=generation_config,
+        )
+        chunks.append(output[:, ids.shape[1] :])
+    length = max(chunk.shape[1] for chunk in chunks)
+    return torch.cat([F.pad(c, (0, length - c.shape[1]), value=pad_token_id) for c in chunks])
+
+
+@torch.no_grad()
+def forward_scores(
+    model: PolicyAndValue,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    responses: torch.Tensor,
+    temperature: float,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Policy logprobs, reference logprobs and values of the response tokens (no gradients, in chunks)."""
+    length = responses.shape[1]
+    position_ids = position_ids_from(attention_mask)
+    logprobs, ref_logprobs, values = [], [], []
+    for start in range(0, input_ids.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        args = (input_ids[rows], attention_mask[rows], position_ids[rows], length + 1)
+        logits, value = model(*args)
+        logprobs.append(token_logprobs(logits[:, :-1], responses[rows], temperature))
+        values.append(value[:, :-1])
+        ref_logits = model.reference_logits(*args)
+        ref_logprobs.append(token_logprobs(ref_logits[:, :-1], responses[rows], temperature))
+        del logits, ref_logits
+    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+
+
+def decode_completions(tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Response text up to the first EOS (EOS and padding removed), for reward sources with their own tokenizer."""
+    return [
+        tokenizer.decode(row[: int(n)], skip_special_tokens=True)
+        for row, n in zip(responses.tolist(), mask.sum(1).tolist(), strict=True)
+    ]
+
+
+def score(
+    reward_fn: Callable[..., torch.Tensor],
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list],
+    device: torch.device,
+) -> torch.Tensor:
+    """Scores from a reward source as a float tensor on ``device``."""
+    from reward_models.base import as_tensor
+
+    return as_tensor(reward_fn(prompts=prompts, completions=completions, **columns)).to(device)

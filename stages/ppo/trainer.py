@@ -1,0 +1,489 @@
+"""The PPO loop: rollouts, KL-shaped rewards, GAE, clipped updates; checkpoints, resume, metrics.
+
+Built on transformers' Trainer for the accelerator (DDP / DeepSpeed / FSDP from ``accelerate launch``), the
+optimizer and LR schedule, callbacks, ``report_to`` integrations and the progress bar; ``train`` is our own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import GenerationConfig, PreTrainedTokenizerBase, ProgressCallback, Trainer
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import entropy_from_logits
+
+from pipeline.errors import PipelineError
+from pipeline.metrics import append_metrics
+from stages.ppo.config import PPOConfig
+from stages.ppo.core import (
+    entropy_bonus,
+    gae_advantages,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    policy_loss,
+    truncate_after_eos,
+    value_loss,
+)
+from stages.ppo.kl_control import make_kl_controller
+from stages.ppo.modeling import PolicyAndValue, position_ids_from
+from stages.ppo.rollout import Rollout, decode_completions, forward_scores, generate, score, token_logprobs
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class PPOProgressCallback(ProgressCallback):
+    """The progress bar shows the live score, KL and beta instead of printing every log line."""
+
+    SHOWN = {"objective/scores": "score", "objective/kl": "kl", "objective/kl_coef": "beta"}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.set_postfix(
+                {short: f"{logs[key]:.3f}" for key, short in self.SHOWN.items() if key in logs}, refresh=False
+            )
+
+
+class TrainingProgress:
+    """Counters and reward normalization restored on resume (registered for accelerate checkpointing)."""
+
+    def __init__(self) -> None:
+        self.update = 0
+        self.reward_offset = 0.0
+
+    def state_dict(self) -> dict:
+        return {"update": self.update, "reward_offset": self.reward_offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.update = int(state["update"])
+        self.reward_offset = float(state["reward_offset"])
+
+
+class PromptBatches:
+    """Deterministic per-update batches: a seeded permutation per epoch, each process taking its own slice.
+
+    The position in the data is a function of the update number, so resuming needs only that number.
+    """
+
+    def __init__(self, num_rows: int, local_batch: int, num_processes: int, process_index: int, seed: int) -> None:
+        self.global_batch = local_batch * num_processes
+        if num_rows < self.global_batch:
+            raise PipelineError(
+                f"the prompt dataset has {num_rows} rows, fewer than one update's {self.global_batch} episodes: "
+                "use more prompts or a smaller per_device_train_batch_size / num_mini_batches"
+            )
+        self.num_rows, self.local_batch, self.process_index, self.seed = num_rows, local_batch, process_index, seed
+        self.per_epoch = num_rows // self.global_batch
+
+    def indices(self, update: int) -> list[int]:
+        epoch, position = divmod(update, self.per_epoch)
+        order = torch.randperm(self.num_rows, generator=torch.Generator().manual_seed(self.seed + epoch))
+        start = position * self.global_batch + self.process_index * self.local_batch
+        return order[start : start + self.local_batch].tolist()
+
+
+class PPOTrainer(Trainer):
+    """Actor-critic PPO with a KL penalty to the reference policy (see ``train``)."""
+
+    def __init__(
+        self,
+        args: PPOConfig,
+        model: PolicyAndValue,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Dataset,
+        reward_fn: Callable,
+        gold_fn: Callable | None,
+        work_dir: Path,
+        callbacks: list | None = None,
+    ) -> None:
+        super().__init__(model=model, args=args, processing_class=tokenizer, callbacks=callbacks)
+        self.remove_callback(ProgressCallback)
+        if not args.disable_tqdm:
+            self.add_callback(PPOProgressCallback)
+        self.prompts = prompts
+        self.reward_fn, self.gold_fn = reward_fn, gold_fn
+        self.work_dir = Path(work_dir)
+        self.kl_controller = make_kl_controller(args.kl_control, args.kl_coef, args.kl_target, args.kl_horizon)
+        self.progress = TrainingProgress()
+        self.stop_token_ids = [tokenizer.eos_token_id]
+        if args.stop_token:
+            self.stop_token_ids.append(tokenizer.convert_tokens_to_ids(args.stop_token))
+        self.generation_config = GenerationConfig(
+            max_new_tokens=args.response_length,
+            do_sample=True,
+            temperature=args.temperature,
+            top_k=0,
+            top_p=1.0,
+            eos_token_id=self.stop_token_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        self.reference_model = model._reference[0] if model._reference else None
+        if self.reference_model is not None:
+            self.reference_model.to(self.accelerator.device)
+
+    # ----- rollout -----------------------------------------------------------------------------------------
+
+    def _tokenize_prompts(self, rows: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.processing_class.padding_side = "left"
+        self.processing_class.truncation_side = "left"
+        encoded = self.processing_class(
+            rows["prompt"],
+            padding=True,
+            truncation=self.args.max_prompt_length is not None,
+            max_length=self.args.max_prompt_length,
+            return_tensors="pt",
+        ).to(self.accelerator.device)
+        return encoded["input_ids"], encoded["attention_mask"]
+
+    def sample(self, rows: dict[str, list], use_reference: bool = False) -> tuple[torch.Tensor, torch.Tensor, ...]:
+        """Generate for ``rows``; returns (input_ids, attention_mask, responses, response_mask, last_index, ended)."""
+        prompt_ids, prompt_mask = self._tokenize_prompts(rows)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+            policy = unwrapped.policy
+            if use_reference and self.reference_model is not None:
+                policy = self.reference_model
+            if use_reference and self.reference_model is None:
+                with policy.disable_adapter():
+                    raw = self._generate(policy, prompt_ids, prompt_mask)
+                unwrapped._restore_trainable()
+            else:
+                raw = self._generate(policy, prompt_ids, prompt_mask)
+        responses, response_mask, last_index, ended = truncate_after_eos(
+            raw, self.stop_token_ids, self.processing_class.pad_token_id
+        )
+        input_ids = torch.cat([prompt_ids, responses], dim=1)
+        attention_mask = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1)
+        return input_ids, attention_mask, responses, response_mask, last_index, ended
+
+    def _generate(self, policy, prompt_ids, prompt_mask) -> torch.Tensor:
+        return generate(
+            policy,
+            prompt_ids,
+            prompt_mask,
+            self.generation_config,
+            self.args.local_rollout_forward_batch_size,
+            self.processing_class.pad_token_id,
+        )
+
+    def score_texts(self, rows: dict[str, list], completions: list[str], gold: bool = False) -> torch.Tensor:
+        """Scores of ``completions`` from the reward source (or the gold scorer), on this process's device."""
+        columns = {k: v for k, v in rows.items() if k not in ("prompt", "completion", "completions")}
+        function = self.gold_fn if gold else self.reward_fn
+        return score(function, rows["prompt"], completions, columns, self.accelerator.device)
+
+    @torch.no_grad()
+    def make_rollout(self, rows: dict[str, list]) -> tuple[Rollout, list[str]]:
+        """Sample, recompute logprobs (policy and reference) and values, score, and shape per-token rewards."""
+        args = self.args
+        input_ids, attention_mask, responses, response_mask, last_index, ended = self.sample(rows)
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        with self.compute_loss_context_manager():
+            logprobs, ref_logprobs, values = forward_scores(
+                model, input_ids, attention_mask, responses, args.temperature, args.local_rollout_forward_batch_size
+            )
+        completions = decode_completions(self.processing_class, responses, response_mask)
+        raw_scores = self.score_texts(rows, completions)
+        scores = raw_scores - self.progress.reward_offset
+        if args.score_clip is not None:
+            scores = scores.clamp(-args.score_clip, args.score_clip)
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~ended).float()
+        rollout = Rollout(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from(attention_mask),
+            responses=responses,
+            response_mask=response_mask,
+            logprobs=logprobs.float(),
+            ref_logprobs=ref_logprobs.float(),
+            values=values.float() * response_mask,
+            scores=scores,
+            raw_scores=raw_scores,
+            ended=ended,
+        )
+        rollout.kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, args.kl_estimator) * response_mask
+        rollout.rewards = per_token_rewards(scores, rollout.kl, self.kl_controller.value, response_mask, last_index)
+        if args.whiten_rewards:
+            rollout.rewards = masked_whiten(rollout.rewards, response_mask, shift_mean=False)
+        advantages, rollout.returns = gae_advantages(
+            rollout.rewards, rollout.values, response_mask, args.gamma, args.lam
+        )
+        rollout.advantages = masked_whiten(advantages, response_mask)
+        return rollout, completions
+
+    # ----- update ------------------------------------------------------------------------------------------
+
+    def ppo_update(self, rollout: Rollout) -> dict[str, float]:
+        """``num_ppo_epochs`` passes of minibatch updates over one rollout; returns the averaged statistics."""
+        args, accelerator = self.args, self.accelerator
+        stats: dict[str, list[torch.Tensor]] = defaultdict(list)
+        minibatch = len(rollout) // args.num_mini_batches
+        length = rollout.response_length
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(len(rollout), device=rollout.responses.device)
+            for mb_start in range(0, len(rollout), minibatch):
+                minibatch_kl = []
+                for start in range(mb_start, mb_start + minibatch, args.per_device_train_batch_size):
+                    batch = rollout.rows(order[start : start + args.per_device_train_batch_size])
+                    with accelerator.accumulate(self.model_wrapped), self.compute_loss_context_manager():
+                        logits, values = self.model_wrapped(
+                            batch.input_ids, batch.attention_mask, batch.position_ids, length + 1
+                        )
+                        logits, values = logits[:, :-1], values[:, :-1].float()
+                        logprobs = token_logprobs(logits, batch.responses, args.temperature).float()
+                        pg_loss, pg_stats = policy_loss(
+                            logprobs, batch.logprobs, batch.advantages, batch.response_mask, args.cliprange
+                        )
+                        vf_loss, vf_stats = value_loss(
+                            values, batch.values, batch.returns, batch.response_mask, args.cliprange_value
+                        )
+                        entropy = entropy_bonus(
+                            entropy_from_logits((logits / args.temperature).float()), batch.response_mask
+                        )
+                        loss = pg_loss + args.vf_coef * vf_loss - args.entropy_coef * entropy
+                        self._check_finite({"loss": loss.detach()})
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and args.max_grad_norm:
+                            accelerator.clip_grad_norm_(self.model_wrapped.parameters(), args.max_grad_norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad()
+                    for key, value in {
+                        "policy/approxkl_avg": pg_stats["approxkl"],
+                        "policy/clipfrac_avg": pg_stats["clipfrac"],
+                        "loss/policy_avg": pg_loss.detach(),
+                        "loss/value_avg": vf_loss.detach(),
+                        "val/clipfrac_avg": vf_stats["clipfrac"],
+                        "policy/entropy_avg": entropy.detach(),
+                        "val/ratio": pg_stats["ratio"],
+                    }.items():
+                        stats[key].append(value)
+                    minibatch_kl.append(pg_stats["approxkl"])
+                    if "first/ratio" not in stats:
+                        stats["first/ratio"].append(pg_stats["ratio"])
+                        stats["first/approxkl"].append(pg_stats["approxkl"])
+                if args.target_kl_early_stop is not None:
+                    approxkl = accelerator.reduce(torch.stack(minibatch_kl).mean(), reduction="mean")
+                    if approxkl.item() > args.target_kl_early_stop:
+                        stats["policy/early_stop"].append(torch.tensor(1.0))
+                        return self._mean_stats(stats)
+        return self._mean_stats(stats)
+
+    def _mean_stats(self, stats: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        ratios = torch.stack(stats["val/ratio"])
+        means = {
+            key: torch.stack([v.float().to(self.accelerator.device) for v in values]).mean()
+            for key, values in stats.items()
+        }
+        means["val/ratio_var"] = ratios.var() if len(ratios) > 1 else torch.zeros((), device=ratios.device)
+        return {key: self.accelerator.reduce(value, reduction="mean").item() for key, value in means.items()}
+
+    # ----- metrics -----------------------------------------------------------------------------------------
+
+    def rollout_metrics(self, rollout: Rollout, gold: torch.Tensor | None) -> dict[str, float]:
+        """Per-update rollout statistics with TRL's names, averaged over processes."""
+        mask = rollout.response_mask
+        kl_sum = rollout.kl.sum(1)
+        non_score = -self.kl_controller.value * kl_sum
+        values = {
+            "objective/kl": kl_sum.mean(),
+            "objective/kl_k1": ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean(),
+            "objective/entropy": (-rollout.logprobs * mask).sum(1).mean(),
+            "objective/non_score_reward": non_score.mean(),
+            "objective/rlhf_reward": (rollout.scores + non_score).mean(),
+            "objective/scores": rollout.scores.mean(),
+            "objective/raw_scores": rollout.raw_scores.mean(),
+            "val/num_eos_tokens": rollout.ended.float().sum(),
+            "val/response_length": mask.sum(1).float().mean(),
+            "val/advantage_mean": masked_mean(rollout.advantages, mask),
+            "val/value_mean": masked_mean(rollout.values, mask),
+        }
+        if gold is not None:
+            values["objective/gold_scores"] = gold.float().mean()
+        reduced = {k: self.accelerator.reduce(v.float(), reduction="mean").item() for k, v in values.items()}
+        reduced["val/num_eos_tokens"] *= self.accelerator.num_processes
+        return reduced
+
+    def _check_finite(self, values: dict[str, torch.Tensor | float]) -> None:
+        for name, value in values.items():
+            if not math.isfinite(float(value)):
+                latest = latest_checkpoint(self.checkpoint_dir)
+                where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+                raise PipelineError(
+                    f"non-finite {name} ({float(value)}) at update {self.progress.update + 1}; {where}. Lower the "
+                    "learning rate or kl_coef, clip scores (score_clip), or check the reward source"
+                )
+
+    # ----- checkpoints -------------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    def _keep_trainable_only(self, models, weights, output_dir) -> None:
+        # Checkpoints hold what PPO trains (adapters, value head or value model), not the frozen base weights.
+        trainable = self.accelerator.unwrap_model(self.model_wrapped).trainable_names()
+        for state in weights:
+            for name in [n for n in state if n not in trainable]:
+                del state[name]
+
+    def save_checkpoint(self) -> Path:
+        """Everything needed to resume, written atomically to ``checkpoints/checkpoint-<update>``."""
+        target = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.progress.update}"
+        partial = target.with_name(target.name + ".partial")
+        self.accelerator.save_state(str(partial))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(partial, target)
+            self._prune_checkpoints()
+        self.accelerator.wait_for_everyone()
+        return target
+
+    def _prune_checkpoints(self) -> None:
+        if not self.args.save_total_limit:
+            return
+        for old in list_checkpoints(self.checkpoint_dir)[: -self.args.save_total_limit]:
+            shutil.rmtree(old)
+
+    def _resume_from(self) -> Path | None:
+        wanted = self.args.resume_from_checkpoint
+        if not wanted:
+            return None
+        if str(wanted).lower() in ("true", "latest"):
+            path = latest_checkpoint(self.checkpoint_dir)
+            if path is None:
+                raise PipelineError(f"resume_from_checkpoint: no checkpoint in {self.checkpoint_dir}")
+            return path
+        if not Path(wanted).is_dir():
+            raise PipelineError(f"resume_from_checkpoint: {wanted} is not a checkpoint folder")
+        return Path(wanted)
+
+    # ----- the loop ----------------------------------------------------------------------------------------
+
+    def reference_score_mean(self, rows: Dataset) -> float:
+        """Mean score of the reference policy's responses (for ``normalize_reward``), over all processes."""
+        shard = rows.shard(self.accelerator.num_processes, self.accelerator.process_index, contiguous=True)
+        batch = shard[:]
+        _, _, responses, response_mask, _, _ = self.sample(batch, use_reference=True)
+        scores = self.score_texts(batch, decode_completions(self.processing_class, responses, response_mask))
+        return self.accelerator.gather(scores).float().mean().item()
+
+    def train(self) -> dict[str, float]:
+        """Run PPO for ``total_episodes``; returns the last update's metrics."""
+        args, accelerator = self.args, self.accelerator
+        local_batch = args.local_batch_size
+        if local_batch % args.num_mini_batches:
+            raise PipelineError("per_device_train_batch_size x gradient_accumulation_steps must fill the minibatches")
+        batches = PromptBatches(
+            len(self.prompts),
+            local_batch,
+            accelerator.num_processes,
+            accelerator.process_index,
+            args.data_seed or args.seed,
+        )
+        num_updates = args.total_episodes // batches.global_batch
+        if num_updates < 1:
+            raise PipelineError(
+                f"total_episodes ({args.total_episodes}) is less than one update ({batches.global_batch} episodes)"
+            )
+        self.create_optimizer_and_scheduler(num_training_steps=num_updates)
+        self.model_wrapped, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        accelerator.register_for_checkpointing(self.lr_scheduler, self.kl_controller, self.progress)
+        accelerator.register_save_state_pre_hook(self._keep_trainable_only)
+
+        resume = self._resume_from()
+        if resume is not None:
+            accelerator.load_state(str(resume), strict=False)
+        elif args.normalize_reward:
+            count = min(args.normalize_reward_samples, len(self.prompts))
+            self.progress.reward_offset = self.reference_score_mean(self.prompts.select(range(count)))
+
+        self.state.max_steps = num_updates
+        self.state.global_step = self.progress.update
+        self.state.logging_steps = args.logging_steps
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        started, first_update = time.time(), self.progress.update
+        metrics: dict[str, float] = {}
+        for update in range(self.progress.update, num_updates):
+            rows = self.prompts[batches.indices(update)]
+            rollout, completions = self.make_rollout(rows)
+            gold = self.score_texts(rows, completions, gold=True) if self.gold_fn is not None else None
+            metrics = self.rollout_metrics(rollout, gold)
+            self._check_finite(
+                {"objective/scores": metrics["objective/scores"], "objective/kl": metrics["objective/kl"]}
+            )
+            metrics.update(self.ppo_update(rollout))
+            metrics["objective/kl_coef"] = self.kl_controller.value
+            self.kl_controller.update(metrics["objective/kl"], batches.global_batch)
+            self.lr_scheduler.step()
+            self.progress.update = update + 1
+            episodes = self.progress.update * batches.global_batch
+            metrics.update(
+                {
+                    "lr": self.lr_scheduler.get_last_lr()[0],
+                    "episode": episodes,
+                    "eps": (update + 1 - first_update) * batches.global_batch / (time.time() - started),
+                }
+            )
+            self.state.global_step = self.progress.update
+            self.state.epoch = episodes / len(self.prompts)
+            if self.progress.update % max(int(args.logging_steps), 1) == 0 or self.progress.update == num_updates:
+                self.log(dict(metrics))
+            if args.sample_every and self.progress.update % args.sample_every == 0:
+                self._log_samples(rows, completions, rollout, gold)
+            if args.save_strategy == "steps" and self.progress.update % int(args.save_steps) == 0:
+                self.save_checkpoint()
+            self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+        if args.save_strategy != "no" and latest_checkpoint(self.checkpoint_dir) != self._checkpoint_path():
+            self.save_checkpoint()
+        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
+        return metrics
+
+    def _checkpoint_path(self) -> Path:
+        return self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.progress.update}"
+
+    def _log_samples(self, rows, completions, rollout: Rollout, gold: torch.Tensor | None) -> None:
+        """Append a few (prompt, completion, score) rows to samples.jsonl and print them."""
+        if not self.accelerator.is_main_process:
+            return
+        count = min(self.args.num_sample_rows, len(completions))
+        for i in range(count):
+            record = {
+                "update": self.progress.update,
+                "prompt": rows["prompt"][i],
+                "completion": completions[i],
+                "score": rollout.scores[i].item(),
+                **({"gold_score": gold[i].item()} if gold is not None else {}),
+            }
+            append_metrics(self.work_dir / "samples.jsonl", record)
+            gold_text = f" gold {record['gold_score']:+.3f}" if gold is not None else ""
+            shown = f"{record['prompt']!r} -> {record['completion']!r}"
+            print(f"[update {self.progress.update}] score {record['score']:+.3f}{gold_text} | {shown}")
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
