@@ -11,6 +11,7 @@ import time
 
 import torch
 from accelerate import PartialState
+from transformers import set_seed
 
 from pipeline.config import DataArguments, RunArguments, parse_config
 from pipeline.datasets import load_prompt_data
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             {"sft_model": sft_source, "reward_model": rm_source or "", "dataset": data_args.dataset_name or ""},
             started,
         )
+    set_seed(args.seed)  # LoRA and value-head initialization
     load_rm = reward_model_loader(rm_source, model_args.dtype, args.local_rollout_forward_batch_size)
     trainer = PPOTrainer(
         args=args,

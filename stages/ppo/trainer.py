@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedTokenizerBase, ProgressCallback, Trainer
 from trl.models.utils import unwrap_model_for_generation
@@ -404,7 +405,10 @@ class PPOTrainer(Trainer):
         resume = self._resume_from()
         if resume is not None:
             accelerator.load_state(str(resume), strict=False)
-        elif args.normalize_reward:
+        else:
+            # Each process samples with its own seed (seed + process index); a resumed run restores RNG states.
+            set_seed(args.seed, device_specific=True)
+        if resume is None and args.normalize_reward:
             count = min(args.normalize_reward_samples, len(self.prompts))
             self.progress.reward_offset = self.reference_score_mean(self.prompts.select(range(count)))
 
