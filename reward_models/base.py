@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from pipeline.errors import PipelineError
+
 
 @runtime_checkable
 class RewardFunction(Protocol):
@@ -20,3 +22,15 @@ def as_tensor(scores: Sequence[float] | torch.Tensor) -> torch.Tensor:
     if isinstance(scores, torch.Tensor):
         return scores.detach().float().cpu().reshape(-1)
     return torch.tensor([float("nan") if s is None else float(s) for s in scores], dtype=torch.float32)
+
+
+def call_reward(function: RewardFunction, prompts: list, completions: list, **columns) -> torch.Tensor:
+    """``function``'s scores as :func:`as_tensor` gives them, checked to be one score per completion."""
+    scores = as_tensor(function(prompts=prompts, completions=completions, **columns))
+    if scores.numel() != len(completions):
+        name = getattr(function, "__name__", type(function).__name__)
+        raise PipelineError(
+            f"reward '{name}' returned {scores.numel()} scores for {len(completions)} completions; "
+            "a reward function must return one score per completion"
+        )
+    return scores

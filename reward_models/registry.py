@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from pipeline.errors import PipelineError
-from reward_models.base import RewardFunction, as_tensor
+from reward_models.base import RewardFunction, call_reward
 
 
 class WeightedSum:
@@ -29,7 +29,7 @@ class WeightedSum:
     def __call__(self, prompts: list[str], completions: list[str], **columns) -> torch.Tensor:
         total = torch.zeros(len(completions))
         for function, weight in zip(self.functions, self.weights, strict=True):
-            total += weight * as_tensor(function(prompts, completions, **columns))
+            total += weight * call_reward(function, prompts, completions, **columns)
         return total
 
 
@@ -58,7 +58,12 @@ def build_reward(specs: str, weights: str | None, load_reward_model: Callable[[s
     functions = [_one(name, load_reward_model) for name in names]
     if len(functions) == 1 and weights is None:
         return functions[0]
-    parsed = [float(w) for w in weights.split(",")] if weights else [1.0] * len(functions)
+    try:
+        parsed = [float(w) for w in weights.split(",")] if weights else [1.0] * len(functions)
+    except ValueError as error:
+        raise PipelineError(
+            f"reward_weights '{weights}' must be comma-separated numbers, one per reward source"
+        ) from error
     return WeightedSum(functions, parsed)
 
 

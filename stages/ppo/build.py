@@ -88,6 +88,10 @@ def save_policy_and_value(
     value_dir = work / "value"
     if model.one_base:
         model.policy.save_pretrained(value_dir, selected_adapters=[VALUE_ADAPTER])
+        # PEFT puts a non-default adapter in a subfolder named after it; keep value/ itself loadable.
+        for file in (value_dir / VALUE_ADAPTER).iterdir():
+            file.rename(value_dir / file.name)
+        (value_dir / VALUE_ADAPTER).rmdir()
         save_file({k: v.contiguous() for k, v in model.value_head.state_dict().items()}, value_dir / VALUE_HEAD_FILE)
     else:
         model.value_model.save_pretrained(value_dir)

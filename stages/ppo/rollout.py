@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from trl.trainer.utils import selective_log_softmax
 
+from reward_models.base import call_reward
 from stages.ppo.modeling import PolicyAndValue, position_ids_from
 
 
@@ -116,6 +117,4 @@ def score(
     device: torch.device,
 ) -> torch.Tensor:
     """Scores from a reward source as a float tensor on ``device``."""
-    from reward_models.base import as_tensor
-
-    return as_tensor(reward_fn(prompts=prompts, completions=completions, **columns)).to(device)
+    return call_reward(reward_fn, prompts, completions, **columns).to(device)

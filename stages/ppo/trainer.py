@@ -6,6 +6,8 @@ optimizer and LR schedule, callbacks, ``report_to`` integrations and the progres
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import os
 import shutil
@@ -22,7 +24,8 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits
 
 from pipeline.errors import PipelineError
-from pipeline.metrics import append_metrics
+from pipeline.metrics import append_metrics, read_metrics
+from pipeline.runs import METRICS
 from stages.ppo.config import PPOConfig
 from stages.ppo.core import (
     entropy_bonus,
@@ -40,6 +43,7 @@ from stages.ppo.modeling import PolicyAndValue, position_ids_from
 from stages.ppo.rollout import Rollout, decode_completions, forward_scores, generate, score, token_logprobs
 
 CHECKPOINT_PREFIX = "checkpoint-"
+SAMPLES = "samples.jsonl"
 
 
 class PPOProgressCallback(ProgressCallback):
@@ -107,6 +111,9 @@ class PPOTrainer(Trainer):
         callbacks: list | None = None,
     ) -> None:
         super().__init__(model=model, args=args, processing_class=tokenizer, callbacks=callbacks)
+        # Trainer accumulates gradients in its own loop and sets accelerate's count to 1; ours relies on
+        # accelerator.accumulate (skipped optimizer steps, loss scaling, no DDP sync until the last micro-batch).
+        self.accelerator.gradient_accumulation_steps = args.gradient_accumulation_steps
         self.remove_callback(ProgressCallback)
         if not args.disable_tqdm:
             self.add_callback(PPOProgressCallback)
@@ -127,6 +134,9 @@ class PPOTrainer(Trainer):
             eos_token_id=self.stop_token_ids,
             pad_token_id=tokenizer.pad_token_id,
         )
+        # Prompts are left-padded and cut from the left; a copy keeps the saved tokenizer's settings untouched.
+        self.prompt_tokenizer = copy.copy(tokenizer)
+        self.prompt_tokenizer.padding_side = self.prompt_tokenizer.truncation_side = "left"
         self.reference_model = model._reference[0] if model._reference else None
         if self.reference_model is not None:
             self.reference_model.to(self.accelerator.device)
@@ -134,9 +144,7 @@ class PPOTrainer(Trainer):
     # ----- rollout -----------------------------------------------------------------------------------------
 
     def _tokenize_prompts(self, rows: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
-        self.processing_class.padding_side = "left"
-        self.processing_class.truncation_side = "left"
-        encoded = self.processing_class(
+        encoded = self.prompt_tokenizer(
             rows["prompt"],
             padding=True,
             truncation=self.args.max_prompt_length is not None,
@@ -251,7 +259,6 @@ class PPOTrainer(Trainer):
                             entropy_from_logits((logits / args.temperature).float()), batch.response_mask
                         )
                         loss = pg_loss + args.vf_coef * vf_loss - args.entropy_coef * entropy
-                        self._check_finite({"loss": loss.detach()})
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and args.max_grad_norm:
                             accelerator.clip_grad_norm_(self.model_wrapped.parameters(), args.max_grad_norm)
@@ -369,6 +376,19 @@ class PPOTrainer(Trainer):
             raise PipelineError(f"resume_from_checkpoint: {wanted} is not a checkpoint folder")
         return Path(wanted)
 
+    def _forget_logs_after(self, update: int) -> None:
+        """Drop metrics and samples logged after ``update``: a killed run may have logged updates past its last
+        checkpoint, and the resumed run logs them again."""
+        if not self.accelerator.is_main_process:
+            return
+        for name, key in ((METRICS, "step"), (SAMPLES, "update")):
+            path = self.work_dir / name
+            if path.exists():
+                kept = [record for record in read_metrics(path) if record[key] <= update]
+                partial = path.with_name(path.name + ".partial")
+                partial.write_text("".join(json.dumps(record) + "\n" for record in kept))
+                os.replace(partial, path)
+
     # ----- the loop ----------------------------------------------------------------------------------------
 
     def reference_score_mean(self, rows: Dataset) -> float:
@@ -405,6 +425,7 @@ class PPOTrainer(Trainer):
         resume = self._resume_from()
         if resume is not None:
             accelerator.load_state(str(resume), strict=False)
+            self._forget_logs_after(self.progress.update)
         else:
             # Each process samples with its own seed (seed + process index); a resumed run restores RNG states.
             set_seed(args.seed, device_specific=True)
@@ -426,7 +447,11 @@ class PPOTrainer(Trainer):
             self._check_finite(
                 {"objective/scores": metrics["objective/scores"], "objective/kl": metrics["objective/kl"]}
             )
+            # Averaged over processes, so every process stops together (a NaN loss makes the averages NaN).
             metrics.update(self.ppo_update(rollout))
+            self._check_finite(
+                {"loss/policy_avg": metrics["loss/policy_avg"], "loss/value_avg": metrics["loss/value_avg"]}
+            )
             metrics["objective/kl_coef"] = self.kl_controller.value
             self.kl_controller.update(metrics["objective/kl"], batches.global_batch)
             self.lr_scheduler.step()
@@ -469,7 +494,7 @@ class PPOTrainer(Trainer):
                 "score": rollout.scores[i].item(),
                 **({"gold_score": gold[i].item()} if gold is not None else {}),
             }
-            append_metrics(self.work_dir / "samples.jsonl", record)
+            append_metrics(self.work_dir / SAMPLES, record)
             gold_text = f" gold {record['gold_score']:+.3f}" if gold is not None else ""
             shown = f"{record['prompt']!r} -> {record['completion']!r}"
             print(f"[update {self.progress.update}] score {record['score']:+.3f}{gold_text} | {shown}")

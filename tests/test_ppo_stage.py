@@ -1,0 +1,222 @@
+"""The PPO stage in one process on the tiny model: run folder, first-minibatch sanity, value layouts, full
+fine-tuning, QLoRA, adaptive KL control, non-finite stops and missing inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import stages.ppo.__main__ as ppo_stage
+from pipeline.errors import PipelineError, run_main
+from pipeline.metrics import read_metrics
+from tests import rewards_for_tests
+from tests.ppo_testing import RecordingTrainer, ppo_argv, run_ppo, tiny_reward_model, tiny_sft_model
+
+
+@pytest.fixture(scope="module")
+def sft_model(tiny_base, tmp_path_factory) -> Path:
+    return tiny_sft_model(tiny_base, tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def reward_model(tiny_base, tmp_path_factory) -> Path:
+    return tiny_reward_model(tiny_base, tmp_path_factory.mktemp("rm") / "model")
+
+
+@pytest.fixture
+def recording(monkeypatch) -> type[RecordingTrainer]:
+    """Make the stage build a RecordingTrainer; ``RecordingTrainer.latest`` is the trainer of the last run."""
+    monkeypatch.setattr(ppo_stage, "PPOTrainer", RecordingTrainer)
+    RecordingTrainer.latest = None
+    return RecordingTrainer
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def assert_trains_exactly_the_trainable(trainer: RecordingTrainer) -> set[str]:
+    """Every trained tensor moved and every other one did not; returns the trained names."""
+    trainable = set(trainer.trainable("before"))
+    moved = changed(trainer.before, trainer.after)
+    assert trainable, "nothing is trainable"
+    assert moved == trainable, (sorted(trainable - moved)[:5], sorted(moved - trainable)[:5])
+    return trainable
+
+
+def test_run_folder_and_first_minibatch_sanity(sft_model, tmp_path):
+    """The very first minibatch of every update sees the policy that sampled the rollout: ratio 1, approx-KL 0."""
+    records = run_ppo(ppo_argv(tmp_path, "r", sft_model, sample_every=1))
+
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert abs(record["first/ratio"] - 1) < 1e-5, record["first/ratio"]
+        assert record["first/approxkl"] < 1e-8, record["first/approxkl"]
+    # ...while later minibatches do move away from it, so the two numbers above are not constants.
+    assert max(r["policy/approxkl_avg"] for r in records) > 1e-5
+    assert [r["episode"] for r in records] == [8, 16, 24]
+    final = tmp_path / "r" / "ppo"
+    assert not (tmp_path / "r" / ".ppo.partial").exists()
+    summary = json.loads((final / "summary.json").read_text())
+    assert summary["updates"] == 3 and summary["value_model"] == "adapter" and summary["lora"] is True
+    for required in (
+        "adapter/adapter_config.json",
+        "model/config.json",
+        "value/adapter_config.json",
+        "value/value_head.safetensors",
+    ):
+        assert (final / required).is_file(), required
+    assert (final / "plots" / "score.png").is_file() and (final / "plots" / "kl.png").is_file()
+    samples = read_metrics(final / "samples.jsonl")
+    assert {s["update"] for s in samples} == {1, 2, 3} and all("gold_score" in s for s in samples)
+    for name in ("objective/kl", "objective/scores", "objective/rlhf_reward", "loss/policy_avg", "loss/value_avg"):
+        assert all(name in r for r in records), name
+
+
+def test_adapter_layout_trains_both_adapters_and_head_not_the_base(sft_model, tmp_path, recording):
+    run_ppo(ppo_argv(tmp_path, "r", sft_model, value_model="adapter", total_episodes=16))
+    trainer = recording.latest
+    trained = assert_trains_exactly_the_trainable(trainer)
+    groups = {
+        "policy adapter": {n for n in trained if "lora_" in n and ".default." in n},
+        "value adapter": {n for n in trained if "lora_" in n and ".value." in n},
+        "value head": {n for n in trained if n.startswith("value_head.")},
+    }
+    assert all(groups.values()), {k: len(v) for k, v in groups.items()}
+    assert set().union(*groups.values()) == trained
+    # One base: the policy's own transformer holds every non-LoRA weight, and none of them moved.
+    base = set(trainer.before) - trained
+    assert base and all(n.startswith("policy.") and "lora_" not in n for n in base)
+
+
+def test_separate_value_model_from_a_reward_model_folder(sft_model, reward_model, tmp_path, recording):
+    records = run_ppo(
+        ppo_argv(tmp_path, "r", sft_model, value_model="separate", reward_model_path=reward_model, total_episodes=16)
+    )
+    trainer = recording.latest
+    trained = assert_trains_exactly_the_trainable(trainer)
+    assert {n for n in trained if n.startswith("value_model.") and "score" in n}, "value head not trained"
+    assert {n for n in trained if n.startswith("value_model.") and "lora_" in n}
+    assert {n for n in trained if n.startswith("policy.") and "lora_" in n}
+    assert all(r["loss/value_avg"] > 0 for r in records)
+    value_dir = tmp_path / "r" / "ppo" / "value"
+    assert json.loads((value_dir / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+
+
+def test_full_fine_tune_keeps_a_frozen_reference_copy(sft_model, reward_model, tmp_path, recording):
+    records = run_ppo(
+        ppo_argv(
+            tmp_path,
+            "r",
+            sft_model,
+            use_peft="false",
+            value_model="separate",
+            reward_model_path=reward_model,
+            learning_rate=1e-4,
+            total_episodes=16,
+        )
+    )
+    trainer = recording.latest
+    trained = assert_trains_exactly_the_trainable(trainer)
+    assert trained == set(trainer.before), "full fine-tuning trains every policy and value weight"
+    assert changed(trainer.reference_before, trainer.reference_after) == set()
+    policy = {n.removeprefix("policy."): t for n, t in trainer.before.items() if n.startswith("policy.")}
+    assert all(torch.equal(policy[n], t) for n, t in trainer.reference_before.items()), "reference != SFT model"
+    # The second rollout is sampled by the updated policy: it is now measurably away from the frozen reference.
+    assert records[0]["objective/kl"] == 0 and records[1]["objective/kl"] != 0
+    summary = json.loads((tmp_path / "r" / "ppo" / "summary.json").read_text())
+    assert summary["lora"] is False and (tmp_path / "r" / "ppo" / "model" / "model.safetensors").is_file()
+
+
+def test_qlora_policy_runs_on_cpu(sft_model, tmp_path, recording):
+    import bitsandbytes as bnb
+
+    run_ppo(ppo_argv(tmp_path, "r", sft_model, load_in_4bit="true", total_episodes=16))
+    trainer = recording.latest
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.policy.modules()), "policy not 4-bit"
+    assert_trains_exactly_the_trainable(trainer)
+    assert (tmp_path / "r" / "ppo" / "model" / "config.json").is_file()
+
+
+def test_gradient_accumulation_takes_one_optimizer_step_per_minibatch(sft_model, tmp_path, recording):
+    # 2 updates x 2 epochs x 2 minibatches of (2 rows x 2 accumulation steps): 8 optimizer steps, not 16.
+    run_ppo(
+        ppo_argv(
+            tmp_path,
+            "r",
+            sft_model,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            num_mini_batches=2,
+            num_ppo_epochs=2,
+            total_episodes=16,
+        )
+    )
+    steps = {int(state["step"]) for state in recording.latest.optimizer.optimizer.state.values()}
+    assert steps == {8}, steps
+
+
+def test_adaptive_kl_controller_moves_beta(sft_model, tmp_path):
+    target, horizon = 0.5, 40
+    records = run_ppo(
+        ppo_argv(
+            tmp_path,
+            "r",
+            sft_model,
+            kl_control="adaptive",
+            kl_coef=0.2,
+            kl_target=target,
+            kl_horizon=horizon,
+            total_episodes=32,
+        )
+    )
+    betas = [r["objective/kl_coef"] for r in records]
+    assert betas[0] == 0.2 and len(set(betas)) == len(betas), betas
+    for previous, beta in zip(records, betas[1:], strict=False):
+        error = min(max(previous["objective/kl"] / target - 1, -0.2), 0.2)
+        assert beta == pytest.approx(previous["objective/kl_coef"] * (1 + error * 8 / horizon), rel=1e-9)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_non_finite_reward_stops_with_exit_2_and_keeps_the_checkpoint(sft_model, tmp_path, capsys, bad):
+    reward = getattr(rewards_for_tests, f"{bad}_from_third_call")
+    reward.calls = 0
+    argv = ppo_argv(
+        tmp_path,
+        "r",
+        sft_model,
+        reward=f"tests.rewards_for_tests:{bad}_from_third_call",
+        save_strategy="steps",
+        save_steps=2,
+        total_episodes=40,
+    )
+    with pytest.raises(SystemExit) as stopped:
+        run_main(ppo_stage.main, argv)
+
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    checkpoint = tmp_path / "r" / ".ppo.partial" / "checkpoints" / "checkpoint-2"
+    assert f"non-finite objective/scores ({bad}) at update 3" in message, message
+    assert str(checkpoint) in message, message
+    assert (checkpoint / "model.safetensors").is_file()
+    assert not (tmp_path / "r" / "ppo").exists()
+
+
+def test_missing_sft_stage_names_the_make_target(tmp_path):
+    with pytest.raises(PipelineError, match=r"`make sft RUN=nosft`"):
+        ppo_stage.main(ppo_argv(tmp_path, "nosft", None))
+    assert not (tmp_path / "nosft").exists(), "the stage started before checking its inputs"
+
+
+def test_missing_reward_model_names_the_make_target(sft_model, tmp_path):
+    with pytest.raises(PipelineError, match=r"`make rm RUN=norm`"):
+        ppo_stage.main(ppo_argv(tmp_path, "norm", sft_model, reward="rm"))
+    assert not (tmp_path / "norm").exists()
+
+
+def test_value_adapter_without_lora_is_refused(sft_model, tmp_path):
+    with pytest.raises(PipelineError, match="value_model separate"):
+        ppo_stage.main(ppo_argv(tmp_path, "r", sft_model, use_peft="false", value_model="adapter"))

@@ -1,0 +1,143 @@
+"""Reward sources from their spec strings (reward_models.registry.build_reward): vader, module:function, a learned
+reward-model folder with its own tokenizer, weighted sums; bad specs stop with a PipelineError saying what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from pipeline.errors import PipelineError
+from pipeline.metrics import read_metrics
+from pipeline.tiny_base import build_model, train_tokenizer
+from reward_models.registry import build_reward
+from reward_models.vader import vader_reward
+from stages.ppo.build import reward_model_loader
+from stages.ppo.rollout import score
+from tests.conftest import DEMO_DATA, TINY_SIZE
+from tests.ppo_testing import ppo_argv, run_ppo, tiny_sft_model
+from tests.rewards_for_tests import count_i
+
+PROMPTS = ["Review of the cafe in Porto:", "How was the hostel?", "Rate the blender:"]
+COMPLETIONS = [" I loved it, I would go again.", " Terrible, dirty and loud.", " Fine."]
+RM_VOCAB = 600
+
+
+@pytest.fixture(scope="module")
+def own_tokenizer_rm(tmp_path_factory) -> Path:
+    """A reward model whose tokenizer (a 600-token BPE) is not the policy's: policy token ids mean nothing to it."""
+    out = tmp_path_factory.mktemp("rm") / "own-tokenizer-rm"
+    tokenizer = train_tokenizer(DEMO_DATA, vocab_size=RM_VOCAB)
+    build_model(tokenizer, seed=1, **TINY_SIZE).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    return out
+
+
+def rm_scores_one_by_one(folder: Path, prompts: list[str], completions: list[str]) -> list[float]:
+    """What the reward model says about each prompt + completion + EOS on its own (no batching, no padding)."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return [
+            model(**tokenizer(p + c + tokenizer.eos_token, return_tensors="pt")).logits[0, 0].item()
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+
+
+def no_model(spec: str):
+    raise AssertionError(f"{spec!r} should not load a reward model")
+
+
+def test_vader_scores_sentiment():
+    scores = build_reward("vader", None, no_model)(prompts=PROMPTS, completions=COMPLETIONS)
+    assert all(-1 <= s <= 1 for s in scores)
+    assert scores[0] > 0.3 and scores[1] < -0.3, scores
+
+
+def test_module_function_spec_imports_the_callable():
+    reward = build_reward("tests.rewards_for_tests:count_i", None, no_model)
+    assert reward is count_i
+    assert reward(prompts=PROMPTS, completions=COMPLETIONS) == [2.0, 0.0, 0.0]
+
+
+def test_learned_reward_model_folder_retokenizes_with_its_own_tokenizer(own_tokenizer_rm, tiny_base):
+    policy_tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    assert len(AutoTokenizer.from_pretrained(own_tokenizer_rm)) == RM_VOCAB < len(policy_tokenizer)
+    # A batch of 2 pads the shorter text: the score must still be read at its own EOS.
+    reward = build_reward(str(own_tokenizer_rm), None, reward_model_loader(None, "float32", batch_size=2))
+
+    scores = score(reward, PROMPTS, COMPLETIONS, {}, torch.device("cpu"))
+
+    expected = rm_scores_one_by_one(own_tokenizer_rm, PROMPTS, COMPLETIONS)
+    torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-5, rtol=0)
+    assert len(set(expected)) == len(expected), "a constant reward model cannot tell texts apart"
+
+
+def test_rm_spec_is_the_runs_reward_model(own_tokenizer_rm):
+    reward = build_reward("rm", None, reward_model_loader(str(own_tokenizer_rm), "float32", batch_size=8))
+    scores = reward(prompts=PROMPTS, completions=COMPLETIONS)
+    torch.testing.assert_close(scores, torch.tensor(rm_scores_one_by_one(own_tokenizer_rm, PROMPTS, COMPLETIONS)))
+
+
+def test_weighted_sum_of_two_sources():
+    reward = build_reward("vader, tests.rewards_for_tests:count_i", "0.5,2", no_model)
+    expected = [
+        0.5 * v + 2 * c for v, c in zip(vader_reward(PROMPTS, COMPLETIONS), count_i(PROMPTS, COMPLETIONS), strict=True)
+    ]
+    torch.testing.assert_close(reward(prompts=PROMPTS, completions=COMPLETIONS), torch.tensor(expected))
+
+
+def test_ppo_optimizes_a_weighted_sum_with_a_foreign_tokenizer_reward_model(
+    own_tokenizer_rm, tiny_base, tmp_path_factory, tmp_path
+):
+    """End to end: the stage scores its samples with 0.5 * vader + 2 * (a reward model with another tokenizer)."""
+    sft_model = tiny_sft_model(tiny_base, tmp_path_factory.getbasetemp())
+    run_ppo(
+        ppo_argv(tmp_path, "r", sft_model, reward=f"vader,{own_tokenizer_rm}", reward_weights="0.5,2", sample_every=1)
+    )
+    samples = read_metrics(tmp_path / "r" / "ppo" / "samples.jsonl")
+    prompts, completions = [s["prompt"] for s in samples], [s["completion"] for s in samples]
+    expected = [
+        0.5 * v + 2 * r
+        for v, r in zip(
+            vader_reward(prompts, completions),
+            rm_scores_one_by_one(own_tokenizer_rm, prompts, completions),
+            strict=True,
+        )
+    ]
+    assert [s["score"] for s in samples] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("spec", "weights", "message"),
+    [
+        ("no_such_module_xyz:reward", None, r"cannot import module 'no_such_module_xyz'"),
+        ("tests.rewards_for_tests:no_such_reward", None, r"has no callable 'no_such_reward'"),
+        (" , ", None, r"reward is empty"),
+        ("vader,tests.rewards_for_tests:count_i", "1", r"2 reward sources but 1 reward_weights"),
+        ("vader,tests.rewards_for_tests:count_i", "1,heavy", r"reward_weights '1,heavy'"),
+        ("./no/such/reward-model", None, r"does not exist"),
+        ("some-org/some-reward-model", None, r"no hub is reachable"),
+        ("rm", None, r"`make rm`"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(spec, weights, message, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PipelineError, match=message):
+        build_reward(spec, weights, reward_model_loader(None, "float32", batch_size=8))
+
+
+def test_reward_with_the_wrong_number_of_scores_is_named():
+    reward = build_reward("tests.rewards_for_tests:one_score_too_few", None, no_model)
+    with pytest.raises(PipelineError, match=r"'one_score_too_few' returned 2 scores for 3 completions"):
+        score(reward, PROMPTS, COMPLETIONS, {}, torch.device("cpu"))
+    weighted = build_reward("vader,tests.rewards_for_tests:one_score_too_few", None, no_model)
+    with pytest.raises(PipelineError, match=r"'one_score_too_few' returned 2 scores for 3 completions"):
+        weighted(prompts=PROMPTS, completions=COMPLETIONS)
