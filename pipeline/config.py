@@ -6,15 +6,18 @@ Every stage is configured the same way: ``--config configs/<preset>/<stage>.yaml
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn
 
+import torch
+import yaml
 from trl import ModelConfig, TrlParser
 
 from pipeline.errors import PipelineError
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -89,21 +92,68 @@ class ModelArguments(ModelConfig):
     )
 
 
+class _Parser(TrlParser):
+    """TRL's parser, with argparse's usage errors and ill-typed YAML values raised instead of printed."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)  # parse_config makes it a PipelineError naming the config file
+
+    def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
+        # argparse converts, and so checks, only string defaults: check YAML numbers, booleans and lists the same
+        # way (mappings are left to the dataclasses, argparse has no type for them).
+        for action in self._actions:
+            value = kwargs.get(action.dest)
+            if action.type is None or value is None or isinstance(value, (str, dict)):
+                continue
+            for item in value if isinstance(value, list) and action.nargs else [value]:
+                try:
+                    action.type(str(item))
+                except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+                    raise ValueError(f"{action.dest}: {value!r} is not a valid value ({error})") from None
+        return super().set_defaults_with_config(**kwargs)
+
+
 def parse_config(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple[Any, ...]:
-    """Parse ``--config file.yaml`` plus command-line overrides into instances of ``dataclass_types``.
+    """Parse ``--config file.yaml`` plus command-line overrides (``argv``, default ``sys.argv[1:]``) into
+    instances of ``dataclass_types``.
 
     Invalid values become a :class:`PipelineError` naming the config file.
     """
-    argv = list(argv) if argv is not None else None
-    source = "the command line"
-    if argv is not None and "--config" in argv:
-        source = argv[argv.index("--config") + 1]
+    _use_cpu_without_accelerator()
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    config_file = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    source = f"{config_file} or on the command line" if config_file else "the command line"
     try:
-        return TrlParser(dataclass_types).parse_args_and_config(args=argv)
+        *configs, unknown_in_file, unknown_on_line = _Parser(dataclass_types).parse_args_and_config(
+            args=argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
     except FileNotFoundError as error:
         raise PipelineError(f"config file not found: {error.filename}") from error
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{config_file} is not valid YAML: {' '.join(str(error).split())}") from error
     except (ValueError, TypeError) as error:
         raise PipelineError(f"invalid configuration in {source}: {error}") from error
+    unknown = {
+        f"in {config_file}": [name.removeprefix("--") for name in unknown_in_file[::2]],
+        "on the command line": [arg for arg in unknown_on_line if arg.startswith("-")] or unknown_on_line,
+    }
+    for where, names in unknown.items():
+        if names:
+            raise PipelineError(
+                f"unknown setting(s) {where}: {', '.join(names)}; check the spelling (--help lists the settings)"
+            )
+    return tuple(configs)
+
+
+def _use_cpu_without_accelerator() -> None:
+    """Make a multi-process launch on a machine without GPUs one job on CPU (gloo), not independent copies.
+
+    ``accelerate launch --multi_gpu`` there starts processes that each set up as the only process and race over
+    the same run folder; accelerate and transformers read ``ACCELERATE_USE_CPU`` and join them with gloo instead.
+    Runs before the training arguments are built, which is when the process group is set up.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
 def to_jsonable(config: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -59,8 +60,8 @@ def load_tokenizer(source: str, pad_token: str | None = None, padding_side: str 
     if tokenizer.pad_token is None:
         if pad_token is None:
             raise PipelineError(
-                f"the tokenizer of '{source}' has no pad token: pass --tokenizer_pad_token with a token from its vocabulary "
-                "that is not EOS (for example its unk token or a reserved special token)"
+                f"the tokenizer of '{source}' has no pad token: pass --tokenizer_pad_token with a token from its "
+                "vocabulary that is not EOS (for example its unk token or a reserved special token)"
             )
         if pad_token not in tokenizer.get_vocab():
             raise PipelineError(f"tokenizer_pad_token '{pad_token}' is not in the vocabulary of '{source}'")
@@ -76,7 +77,10 @@ def load_tokenizer(source: str, pad_token: str | None = None, padding_side: str 
 def model_load_kwargs(model_args: ModelArguments) -> dict:
     """``from_pretrained`` keyword arguments for dtype and 4/8-bit quantization (bitsandbytes)."""
     kwargs: dict = {"dtype": model_args.dtype}
-    quantization = get_quantization_config(model_args)
+    # TRL passes dtype on as the 4-bit compute dtype, and "auto" is no torch dtype: compute in float32 then.
+    quantization = get_quantization_config(
+        replace(model_args, dtype=None) if model_args.dtype == "auto" else model_args
+    )
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = _local_device_map()
@@ -91,10 +95,43 @@ def _local_device_map() -> dict[str, int | str]:
     return {"": device.index if device.type == "cuda" and device.index is not None else device.type}
 
 
+def _keep_4bit_trainable(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16 the first eval-mode forward without gradients repacks each layer for a kernel that has
+    no backward, for good: every later training step would then silently get zero gradients (no LoRA update).
+    """
+    if not getattr(model, "is_loaded_in_4bit", False):
+        return
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def match_saved_modules_dtype(model: PreTrainedModel) -> None:
+    """Give the fully trained modules of a quantized LoRA model (``modules_to_save``, e.g. a reward model's score
+    head) the dtype of the hidden states they read.
+
+    TRL's trainers store every trainable weight of a quantized model in bfloat16. LoRA layers cast their input to
+    match; plain modules do not, so with a float32 compute dtype a bfloat16 head fails on float32 hidden states.
+    """
+    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+        return
+    from peft.utils import ModulesToSaveWrapper
+
+    dtype = model.get_input_embeddings().weight.dtype
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            module.to(dtype)
+
+
 def load_causal_lm(source: str, model_args: ModelArguments) -> PreTrainedModel:
     """A causal LM for generation or training, with dropout off (RLHF detail: dropout breaks logprob ratios)."""
     model = AutoModelForCausalLM.from_pretrained(source, **model_load_kwargs(model_args))
     disable_dropout_in_model(model)
+    _keep_4bit_trainable(model)
     return model
 
 
@@ -103,6 +140,7 @@ def load_sequence_scorer(source: str, model_args: ModelArguments, pad_token_id: 
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **model_load_kwargs(model_args))
     model.config.pad_token_id = pad_token_id
     disable_dropout_in_model(model)
+    _keep_4bit_trainable(model)
     return model
 
 

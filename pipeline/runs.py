@@ -32,13 +32,20 @@ HASH_SIZE_LIMIT = 200 * 1024 * 1024
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file.
+
+    On any failure ``path`` keeps its old content (or stays absent) and no temporary file is left behind.
+    """
+    text = json.dumps(payload, indent=2, default=str) + "\n"  # a payload that cannot be serialized fails here
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2, default=str)
-        handle.write("\n")
-        temporary = Path(handle.name)
-    os.replace(temporary, path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any:
@@ -52,12 +59,14 @@ def read_json(path: Path) -> Any:
 
 
 def content_hash(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents) in sorted order."""
+    """sha256 of a file (what ``sha256sum`` prints), or of a folder's files (relative names and contents) in
+    sorted order."""
     path = Path(path)
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+        if file != path:
+            digest.update(str(file.relative_to(path)).encode())
         size = file.stat().st_size
         if size > HASH_SIZE_LIMIT:
             digest.update(f"size={size}".encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from accelerate import PartialState
@@ -21,7 +22,8 @@ def point_outputs_to(args: TrainingArguments, work: Path) -> None:
 def save_trained_model(trainer: Trainer, work: Path, base_source: str, scorer: bool = False) -> str:
     """Save a full model to ``model/``; a LoRA run saves ``adapter/`` and the merged plain model to ``model/``.
 
-    Returns the name of the folder later stages load with ``from_pretrained``.
+    The trainer's checkpoints are deleted (they are not part of the final stage). Returns the name of the folder
+    later stages load with ``from_pretrained``.
     """
     is_lora = hasattr(trainer.model, "peft_config") or hasattr(
         trainer.accelerator.unwrap_model(trainer.model), "peft_config"
@@ -32,6 +34,7 @@ def save_trained_model(trainer: Trainer, work: Path, base_source: str, scorer: b
         trainer.processing_class.save_pretrained(target)
         if is_lora:
             merge_adapter(base_source, target, work / "model", scorer=scorer)
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     PartialState().wait_for_everyone()
     return "model"
 

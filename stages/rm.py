@@ -18,7 +18,13 @@ from pipeline.config import DataArguments, ModelArguments, RunArguments, parse_c
 from pipeline.datasets import load_preference_data
 from pipeline.errors import run_main
 from pipeline.metrics import JsonlMetricsCallback, plot_histograms
-from pipeline.models import load_sequence_scorer, load_tokenizer, lora_config, resolve_model_source
+from pipeline.models import (
+    load_sequence_scorer,
+    load_tokenizer,
+    lora_config,
+    match_saved_modules_dtype,
+    resolve_model_source,
+)
 from pipeline.runs import StageDir, begin_stage, end_stage, require_complete
 from pipeline.training import plot_stage_metrics, point_outputs_to, save_trained_model
 from reward_models.learned import LearnedReward
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         peft_config=lora_config(model_args, "SEQ_CLS"),
         callbacks=[JsonlMetricsCallback(work)],
     )
+    match_saved_modules_dtype(trainer.model)
     result = trainer.train()
     model_folder = save_trained_model(trainer, work, source, scorer=True)
 

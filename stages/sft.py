@@ -14,7 +14,13 @@ from pipeline.config import DataArguments, ModelArguments, RunArguments, parse_c
 from pipeline.datasets import load_sft_data
 from pipeline.errors import run_main
 from pipeline.metrics import JsonlMetricsCallback
-from pipeline.models import load_causal_lm, load_tokenizer, lora_config, resolve_model_source
+from pipeline.models import (
+    load_causal_lm,
+    load_tokenizer,
+    lora_config,
+    match_saved_modules_dtype,
+    resolve_model_source,
+)
 from pipeline.runs import StageDir, begin_stage, end_stage
 from pipeline.training import plot_stage_metrics, point_outputs_to, save_trained_model
 
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         peft_config=lora_config(model_args, "CAUSAL_LM"),
         callbacks=[JsonlMetricsCallback(work)],
     )
+    match_saved_modules_dtype(trainer.model)
     initial = trainer.evaluate(metric_key_prefix="initial_eval")
     result = trainer.train()
     final = trainer.evaluate()
