@@ -10,13 +10,31 @@ from transformers import Trainer, TrainingArguments
 
 from pipeline.metrics import plot_curves, read_metrics
 from pipeline.models import merge_adapter
-from pipeline.runs import METRICS
+from pipeline.runs import METRICS, StageDir, begin_stage
 
 
-def point_outputs_to(args: TrainingArguments, work: Path) -> None:
-    """Send the trainer's checkpoints into the stage's work folder (they are not part of the final stage)."""
+def open_training_stage(
+    stage: StageDir, args: TrainingArguments, configs: tuple, base_source: str, started: float
+) -> Path:
+    """Start a TRL-trainer stage: create its work folder, send the trainer's outputs there, write the manifest.
+
+    ``configs`` is (run, data, model) arguments; the trainer's own arguments are ``args``.
+    """
+    run_args, data_args, model_args = configs
+    work = begin_stage(stage)
     args.output_dir = str(work / "checkpoints")
     args.logging_dir = str(work / "logs")
+    if PartialState().is_main_process:
+        stage.write_manifest(
+            {"run": run_args, "data": data_args, "training": args, "model": model_args},
+            {
+                "base_model": base_source,
+                "dataset": data_args.dataset_name,
+                "eval_dataset": data_args.eval_dataset_name or "",
+            },
+            started,
+        )
+    return work
 
 
 def save_trained_model(trainer: Trainer, work: Path, base_source: str, scorer: bool = False) -> str:

@@ -25,8 +25,8 @@ from pipeline.models import (
     match_saved_modules_dtype,
     resolve_model_source,
 )
-from pipeline.runs import StageDir, begin_stage, end_stage, require_complete
-from pipeline.training import plot_stage_metrics, point_outputs_to, save_trained_model
+from pipeline.runs import StageDir, end_stage, require_complete
+from pipeline.training import open_training_stage, plot_stage_metrics, save_trained_model
 from reward_models.learned import LearnedReward
 
 PLOTS = {"loss": ["loss", "eval_loss"], "accuracy": ["accuracy", "eval_accuracy"], "margin": ["margin", "eval_margin"]}
@@ -51,13 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     train_rows, eval_rows = load_preference_data(data_args)
     tokenizer = load_tokenizer(source, model_args.tokenizer_pad_token)
 
-    work = begin_stage(stage)
-    point_outputs_to(args, work)
-    stage.write_manifest(
-        {"run": run_args, "data": data_args, "training": args, "model": model_args},
-        {"base_model": source, "dataset": data_args.dataset_name, "eval_dataset": data_args.eval_dataset_name or ""},
-        started,
-    )
+    work = open_training_stage(stage, args, (run_args, data_args, model_args), source, started)
     trainer = RewardTrainer(
         model=load_sequence_scorer(source, model_args, tokenizer.pad_token_id),
         args=args,

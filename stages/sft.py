@@ -21,8 +21,8 @@ from pipeline.models import (
     match_saved_modules_dtype,
     resolve_model_source,
 )
-from pipeline.runs import StageDir, begin_stage, end_stage
-from pipeline.training import plot_stage_metrics, point_outputs_to, save_trained_model
+from pipeline.runs import StageDir, end_stage
+from pipeline.training import open_training_stage, plot_stage_metrics, save_trained_model
 
 PLOTS = {"loss": ["loss", "eval_loss"], "learning_rate": ["learning_rate"]}
 
@@ -36,13 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     train_rows, eval_rows = load_sft_data(data_args)
     tokenizer = load_tokenizer(source, model_args.tokenizer_pad_token)
 
-    work = begin_stage(stage)
-    point_outputs_to(args, work)
-    stage.write_manifest(
-        {"run": run_args, "data": data_args, "training": args, "model": model_args},
-        {"base_model": source, "dataset": data_args.dataset_name, "eval_dataset": data_args.eval_dataset_name or ""},
-        started,
-    )
+    work = open_training_stage(stage, args, (run_args, data_args, model_args), source, started)
     trainer = SFTTrainer(
         model=load_causal_lm(source, model_args),
         args=args,

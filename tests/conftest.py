@@ -40,3 +40,11 @@ def subprocess_env() -> dict[str, str]:
         PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     )
     return env
+
+
+@pytest.fixture(scope="session")
+def sft_model(tiny_base, tmp_path_factory) -> Path:
+    """The tiny base after a short SFT, so a policy can be steered in a few PPO updates (built once)."""
+    from tests.ppo_testing import tiny_sft_model
+
+    return tiny_sft_model(tiny_base, tmp_path_factory.getbasetemp())

@@ -6,22 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from pipeline.metrics import read_metrics
 from tests.conftest import REPO, subprocess_env
-from tests.ppo_testing import ppo_argv, tiny_sft_model
+from tests.ppo_testing import ppo_argv
 
 pytestmark = pytest.mark.slow
 
 PROCESSES, LOCAL_BATCH, UPDATES = 2, 8, 2
-
-
-@pytest.fixture(scope="module")
-def sft_model(tiny_base, tmp_path_factory) -> Path:
-    return tiny_sft_model(tiny_base, tmp_path_factory.getbasetemp())
 
 
 def test_two_processes_stay_in_sync_and_metrics_cover_both(sft_model, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ppo_testing import ppo_argv, run_ppo, tiny_reward_model, tiny_sft_model
+from tests.ppo_testing import ppo_argv, run_ppo, tiny_reward_model
 
 LEARNING = {
     "reward": "tests.rewards_for_tests:count_i",
@@ -23,11 +23,6 @@ LEARNING = {
     "num_ppo_epochs": 4,
     "total_episodes": 16 * 16,
 }
-
-
-@pytest.fixture(scope="module")
-def sft_model(tiny_base, tmp_path_factory) -> Path:
-    return tiny_sft_model(tiny_base, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pipeline.metrics import read_metrics
 from tests.conftest import REPO, subprocess_env
-from tests.ppo_testing import ppo_argv, run_ppo, tiny_sft_model
+from tests.ppo_testing import ppo_argv, run_ppo
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +33,6 @@ OPTIONS = {
 WEIGHTS = ("adapter/adapter_model.safetensors", "value/adapter_model.safetensors", "value/value_head.safetensors")
 # Everything an update logs that depends on the state carried across the resume (not throughput figures).
 CARRIED = ("objective/scores", "objective/kl", "objective/kl_coef", "lr", "loss/policy_avg", "loss/value_avg")
-
-
-@pytest.fixture(scope="module")
-def sft_model(tiny_base, tmp_path_factory) -> Path:
-    return tiny_sft_model(tiny_base, tmp_path_factory.getbasetemp())
 
 
 def logged_updates(metrics_file: Path) -> list[int]:

@@ -13,12 +13,7 @@ import stages.ppo.__main__ as ppo_stage
 from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import read_metrics
 from tests import rewards_for_tests
-from tests.ppo_testing import RecordingTrainer, ppo_argv, run_ppo, tiny_reward_model, tiny_sft_model
-
-
-@pytest.fixture(scope="module")
-def sft_model(tiny_base, tmp_path_factory) -> Path:
-    return tiny_sft_model(tiny_base, tmp_path_factory.getbasetemp())
+from tests.ppo_testing import RecordingTrainer, ppo_argv, run_ppo, tiny_reward_model
 
 
 @pytest.fixture(scope="module")
