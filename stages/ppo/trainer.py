@@ -462,6 +462,7 @@ class PPOTrainer(Trainer):
                     "lr": self.lr_scheduler.get_last_lr()[0],
                     "episode": episodes,
                     "eps": (update + 1 - first_update) * batches.global_batch / (time.time() - started),
+                    "elapsed_s": time.time() - started,
                 }
             )
             self.state.global_step = self.progress.update

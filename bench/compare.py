@@ -1,0 +1,473 @@
+"""Side-by-side benchmark of our PPO and trl 1.12.0's PPOTrainer: the orchestrator behind ``make bench``.
+
+Each scenario runs both implementations one after the other, each in its own process with the same model, data,
+batch sizes, lengths, reward and seed. Peak memory is the child's ``ru_maxrss`` taken from ``os.wait4``, so it is
+measured the same way for both. Episodes per second are taken over the updates after the first (warm-up excluded).
+
+Scenarios:
+  speed    a random ~100M-parameter Llama policy and reward/value model (runs/bench/random-100m): episodes/s, memory
+  quality  the demo's SFT policy and reward model: score reached at matched KL to the reference
+Results go to runs/bench/<scenario>.json, child logs to runs/bench/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.metrics import (
+    common_kl_grid,
+    moving_average,
+    rusage_maxrss_mb,
+    score_at_kl,
+    steady_episodes_per_second,
+)
+from pipeline.errors import PipelineError, run_main
+from pipeline.runs import write_json_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_PYTHON = ROOT / ".bench-venv-trl112" / "bin" / "python"
+OUT = ROOT / "runs" / "bench"
+TOKENIZER = ROOT / "build" / "tiny-base"
+RANDOM_MODEL = OUT / "random-100m"
+DEMO_PROMPTS = ROOT / "data" / "demo" / "prompts_train.jsonl"
+DEMO_EVAL_PROMPTS = ROOT / "data" / "demo" / "prompts_eval.jsonl"
+DEMO_SFT = ROOT / "runs" / "demo" / "sft" / "model"
+DEMO_RM = ROOT / "runs" / "demo" / "rm" / "model"
+# Targets the product must show against trl 1.12.0 (ours / trl).
+SPEED_TARGET = 1.5
+MEMORY_TARGET = 0.6
+# The same LoRA on both sides (the demo config's choice of modules).
+LORA = {"lora_r": 16, "lora_alpha": 32, "lora_target_modules": "all-linear"}
+CHILD_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One benchmark setting, run identically by both implementations.
+
+    Each update samples ``episodes_per_update`` episodes and each PPO epoch takes ``num_mini_batches`` optimizer
+    steps on equal minibatches; the two implementations spell that with different batch options (see
+    :func:`ours_batch_flags` and :func:`trl_batch_flags`). ``settings`` are passed to both as they are.
+    """
+
+    name: str
+    description: str
+    policy: Path
+    reward: Path
+    prompts: Path
+    episodes_per_update: int
+    num_mini_batches: int
+    settings: dict[str, float | int | str] = field(default_factory=dict)
+    # Ours only: held-out prompts and how many of them our stage evaluates on after training (trl 1.12 has no such
+    # step; it runs after the last update, so it is outside episodes/s but inside the process's wall time).
+    eval_prompts: Path = DEMO_EVAL_PROMPTS
+    eval_prompt_count: int = 200
+
+
+def scenarios() -> dict[str, Scenario]:
+    """The benchmark's scenarios; both use LoRA r=16, alpha=32 on the policy and fp32."""
+    common = {
+        "num_ppo_epochs": 4,
+        "temperature": 0.7,
+        "kl_coef": 0.05,
+        "kl_estimator": "k1",
+        "seed": 0,
+        "missing_eos_penalty": 1.0,
+    }
+    return {
+        "speed": Scenario(
+            name="speed",
+            description="random ~100M Llama policy + same-size reward/value, 8 episodes/update, 5 updates",
+            policy=RANDOM_MODEL,
+            reward=RANDOM_MODEL / "reward",
+            prompts=DEMO_PROMPTS,
+            episodes_per_update=8,
+            num_mini_batches=1,
+            settings={
+                **common,
+                "response_length": 32,
+                "learning_rate": 1e-5,
+                "total_episodes": 40,
+            },
+            eval_prompt_count=16,
+        ),
+        "quality": Scenario(
+            name="quality",
+            description="demo SFT policy + demo reward model, 16 episodes/update, 64 updates",
+            policy=DEMO_SFT,
+            reward=DEMO_RM,
+            prompts=DEMO_PROMPTS,
+            episodes_per_update=16,
+            num_mini_batches=4,
+            settings={
+                **common,
+                "response_length": 32,
+                "learning_rate": 5e-4,
+                "total_episodes": 1024,
+            },
+        ),
+    }
+
+
+# Our options whose trl 1.12 behaviour is fixed: set to that behaviour whatever the demo config says.
+OURS_AS_TRL112 = {
+    "kl_control": "fixed",
+    "normalize_reward": "false",
+    "whiten_rewards": "false",
+    "logging_steps": 1,
+    "sample_every": 0,
+    "report_to": "none",
+}
+
+
+def _setting_flags(settings: dict[str, float | int | str]) -> list[str]:
+    return [part for key, value in settings.items() for part in (f"--{key}", str(value))]
+
+
+def ours_batch_flags(scenario: Scenario) -> list[str]:
+    """Ours: an update is per_device x accumulation x num_mini_batches episodes; a minibatch is per_device x acc."""
+    minibatch = scenario.episodes_per_update // scenario.num_mini_batches
+    return _setting_flags(
+        {
+            "per_device_train_batch_size": minibatch,
+            "gradient_accumulation_steps": 1,
+            "num_mini_batches": scenario.num_mini_batches,
+        }
+    )
+
+
+def trl_batch_flags(scenario: Scenario) -> list[str]:
+    """trl 1.12: an update is per_device x accumulation episodes, split into num_mini_batches minibatches.
+
+    Accumulation stays 1: trl 1.12 steps the optimizer inside each micro-batch, so with accumulation > 1 a
+    minibatch of one micro-batch would step only every few minibatches.
+    """
+    return _setting_flags(
+        {
+            "per_device_train_batch_size": scenario.episodes_per_update,
+            "gradient_accumulation_steps": 1,
+            "num_mini_batches": scenario.num_mini_batches,
+        }
+    )
+
+
+def ours_command(scenario: Scenario, run: str) -> list[str]:
+    """Our PPO stage's command line; it writes runs/<run>/ppo/metrics.jsonl and summary.json."""
+    return [
+        sys.executable,
+        "-m",
+        "stages.ppo",
+        "--config",
+        "configs/demo/ppo.yaml",
+        "--run",
+        run,
+        "--sft_model_path",
+        str(scenario.policy),
+        "--reward_model_path",
+        str(scenario.reward),
+        "--dataset_name",
+        str(scenario.prompts),
+        "--eval_dataset_name",
+        str(scenario.eval_prompts),
+        "--eval_prompts",
+        str(scenario.eval_prompt_count),
+        *ours_batch_flags(scenario),
+        *_setting_flags(scenario.settings),
+        *_setting_flags(OURS_AS_TRL112),
+        "--value_model",
+        "adapter",
+        "--use_peft",
+        "true",
+        *_setting_flags(LORA),
+    ]
+
+
+def trl_command(scenario: Scenario, out: Path) -> list[str]:
+    """trl 1.12.0's side (bench/trl112_ppo.py in the reference venv); value model = a copy of the reward model."""
+    return [
+        str(REFERENCE_PYTHON),
+        "-m",
+        "bench.trl112_ppo",
+        "--policy",
+        str(scenario.policy),
+        "--reward",
+        str(scenario.reward),
+        "--prompts",
+        str(scenario.prompts),
+        "--lora",
+        "--lora_target_modules",
+        LORA["lora_target_modules"],
+        *trl_batch_flags(scenario),
+        *_setting_flags(scenario.settings),
+        "--out",
+        str(out),
+    ]
+
+
+@dataclass
+class Measured:
+    """What the parent saw of one child process."""
+
+    returncode: int
+    wall_s: float
+    peak_rss_mb: float
+    log: Path
+    # 1-minute load average before and after: other work on the machine skews timings (note it with results).
+    load: tuple[float, float]
+
+
+def run_measured(command: list[str], log: Path) -> Measured:
+    """Run ``command`` from the repo root with its output in ``log``; peak RSS from the kernel via ``os.wait4``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"$ {' '.join(command)}\n  (log: {log})", flush=True)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    with open(log, "w") as handle:
+        child = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=os.environ | CHILD_ENV)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so tell Popen not to wait again
+    wall = time.perf_counter() - started
+    return Measured(child.returncode, wall, rusage_maxrss_mb(usage.ru_maxrss), log, (load_before, os.getloadavg()[0]))
+
+
+def read_ours(run_dir: Path) -> dict:
+    """Our stage's per-update records and summary, in the shape the trl side writes."""
+    metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
+    if not summary.exists():
+        raise PipelineError(f"{summary} was not written")
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = [record for record in records if "objective/kl" in record and "episode" in record]
+    return {
+        "records": records,
+        "total_episodes": records[-1]["episode"] if records else 0,
+        "self_reported_peak_mb": json.loads(summary.read_text()).get("peak_memory_mb"),
+    }
+
+
+def read_trl(result: Path) -> dict:
+    """The trl side's result file (see bench/trl112_ppo.py)."""
+    data = json.loads(result.read_text())
+    data["self_reported_peak_mb"] = data.get("cuda_peak_allocated_mb")
+    return data
+
+
+def run_side(side: str, scenario: Scenario) -> dict:
+    """Run one implementation on one scenario; the result carries ``error`` instead of numbers when it failed."""
+    log = OUT / "logs" / f"{scenario.name}-{side}.log"
+    if side == "ours":
+        run = f"bench-{scenario.name}"
+        shutil.rmtree(ROOT / "runs" / run, ignore_errors=True)  # a complete stage would otherwise be skipped
+        measured = run_measured(ours_command(scenario, run), log)
+        reader, source = read_ours, ROOT / "runs" / run / "ppo"
+    else:
+        source = OUT / f"{scenario.name}-trl112.json"
+        source.unlink(missing_ok=True)
+        measured = run_measured(trl_command(scenario, source), log)
+        reader = read_trl
+    result = {
+        "wall_s": measured.wall_s,
+        "peak_rss_mb": measured.peak_rss_mb,
+        "load_average_before_after": measured.load,
+        "log": str(measured.log),
+    }
+    if measured.returncode != 0:
+        return {**result, "error": f"exit code {measured.returncode}; see {measured.log}"}
+    try:
+        data = reader(source)
+    except (PipelineError, OSError, ValueError) as error:
+        return {**result, "error": f"{error}; see {measured.log}"}
+    records = data["records"]
+    return {
+        **result,
+        "episodes_per_second": steady_episodes_per_second(records),
+        "total_episodes": data["total_episodes"],
+        "self_reported_peak_mb": data["self_reported_peak_mb"],
+        "records": records,
+    }
+
+
+def ratio(ours: float | None, trl: float | None) -> float | None:
+    """ours / trl, or None when either is missing or trl is zero."""
+    return ours / trl if ours is not None and trl else None
+
+
+def matched_kl(ours: list[dict], trl: list[dict], window: int = 3, grid_points: int = 5) -> dict:
+    """Scores of both runs at matched KL, on per-update curves smoothed by a trailing mean over ``window`` updates.
+
+    Ours is read at trl's final KL and both on a grid over the KL range both runs covered; None where a run did
+    not reach a KL (nothing is extrapolated).
+    """
+    curves = {}
+    for name, records in (("ours", ours), ("trl", trl)):
+        curves[name] = (
+            moving_average([r["objective/kl"] for r in records], window),
+            moving_average([r["objective/scores"] for r in records], window),
+        )
+    trl_kl, trl_score = curves["trl"]
+    return {
+        "window": window,
+        "trl_final_kl": trl_kl[-1],
+        "trl_final_score": trl_score[-1],
+        "ours_score_at_trl_final_kl": score_at_kl(*curves["ours"], trl_kl[-1]),
+        "grid": [
+            {"kl": kl, **{name: score_at_kl(*curve, kl) for name, curve in curves.items()}}
+            for kl in common_kl_grid(curves["ours"][0], trl_kl, grid_points)
+        ],
+    }
+
+
+def _cell(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _row(label: str, ours: float | None, trl: float | None, digits: int = 2, target: str = "") -> str:
+    """One table line; ``target`` like '>= 1.5' or '<= 0.6' on ours/trl is marked met or missed."""
+    share = ratio(ours, trl)
+    verdict = ""
+    if target and share is not None:
+        sign, bound = target.split()
+        met = share >= float(bound) if sign == ">=" else share <= float(bound)
+        verdict = f"target {target}: {'met' if met else 'MISSED'}"
+    return f"{label:<30}{_cell(ours, digits):>12}{_cell(trl, digits):>12}{_cell(share):>12}  {verdict}"
+
+
+def report(scenario: Scenario, sides: dict[str, dict]) -> tuple[str, dict]:
+    """The printed table and the derived figures (ratios, matched-KL scores) for one scenario."""
+    ours, trl = sides.get("ours", {}), sides.get("trl", {})
+    lines = [f"\n== {scenario.name}: {scenario.description}", f"{'':<30}{'ours':>12}{'trl 1.12.0':>12}{'ours/trl':>12}"]
+    for name, side in sides.items():
+        if "error" in side:
+            lines.append(f"{name} FAILED: {side['error']}")
+    derived = {
+        "episodes_per_second_ratio": ratio(ours.get("episodes_per_second"), trl.get("episodes_per_second")),
+        "peak_rss_ratio": ratio(ours.get("peak_rss_mb"), trl.get("peak_rss_mb")),
+    }
+    speed_target = f">= {SPEED_TARGET}" if scenario.name == "speed" else ""
+    memory_target = f"<= {MEMORY_TARGET}" if scenario.name == "speed" else ""
+    lines += [
+        _row(
+            "episodes/s (after warm-up)",
+            ours.get("episodes_per_second"),
+            trl.get("episodes_per_second"),
+            3,
+            speed_target,
+        ),
+        _row("peak RSS (MiB, os.wait4)", ours.get("peak_rss_mb"), trl.get("peak_rss_mb"), 0, memory_target),
+        _row("self-reported peak (MiB)", ours.get("self_reported_peak_mb"), trl.get("self_reported_peak_mb"), 0),
+        _row("process wall time (s)", ours.get("wall_s"), trl.get("wall_s"), 1),
+    ]
+    loads = [
+        f"{name} {side['load_average_before_after'][0]:.1f}/{side['load_average_before_after'][1]:.1f}"
+        for name, side in sides.items()
+        if "load_average_before_after" in side
+    ]
+    lines.append(f"load average before/after (other work on the machine skews timings): {', '.join(loads)}")
+    records = {name: side.get("records") for name, side in sides.items()}
+    for name in ("ours", "trl"):
+        if records.get(name):
+            first, last = records[name][0], records[name][-1]
+            lines.append(
+                f"{name}: score {first['objective/scores']:.3f} -> {last['objective/scores']:.3f}, "
+                f"KL {first['objective/kl']:.3f} -> {last['objective/kl']:.3f} over {len(records[name])} updates"
+            )
+    if scenario.name == "quality" and records.get("ours") and records.get("trl"):
+        matched = matched_kl(records["ours"], records["trl"])
+        derived["matched_kl"] = matched
+        lines.append(
+            f"score at trl's final KL {matched['trl_final_kl']:.3f} (mean of last {matched['window']} updates): "
+            f"ours {_cell(matched['ours_score_at_trl_final_kl'], 3)}, trl {matched['trl_final_score']:.3f}"
+        )
+        lines += [
+            f"  KL {point['kl']:.3f}: ours {_cell(point['ours'], 3)}, trl {_cell(point['trl'], 3)}"
+            for point in matched["grid"]
+        ]
+    return "\n".join(lines), derived
+
+
+def ensure_inputs(scenario: Scenario, tokenizer: Path) -> None:
+    """Stop before any run when an input is missing, naming what makes it; build the random model when needed."""
+    for prompts in (scenario.prompts, scenario.eval_prompts):
+        if not prompts.exists():
+            raise PipelineError(f"{prompts} is missing: it is part of the demo data shipped in data/demo")
+    if scenario.policy == RANDOM_MODEL:
+        built = RANDOM_MODEL / "reward" / "tokenizer.json"
+        if not built.exists() or built.read_bytes() != (tokenizer / "tokenizer.json").read_bytes():
+            build_random_model(tokenizer)
+        return
+    for path, target in ((scenario.policy, "make sft"), (scenario.reward, "make rm")):
+        if not (path / "config.json").exists():
+            raise PipelineError(f"{path} is missing: run `{target}` first (the {scenario.name} scenario needs it)")
+
+
+def build_random_model(tokenizer: Path) -> None:
+    """Build runs/bench/random-100m for ``tokenizer`` through a temporary folder."""
+    partial = RANDOM_MODEL.with_name(RANDOM_MODEL.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [sys.executable, "-m", "bench.random_model", "--tokenizer", str(tokenizer), "--out", str(partial)]
+    subprocess.run(command + ["--params", "100M"], cwd=ROOT, check=True, env=os.environ | CHILD_ENV)
+    shutil.rmtree(RANDOM_MODEL, ignore_errors=True)
+    partial.rename(RANDOM_MODEL)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default="speed,quality", help="comma-separated: speed, quality")
+    parser.add_argument("--sides", default="ours,trl", help="comma-separated: ours, trl")
+    parser.add_argument(
+        "--tokenizer", type=Path, default=TOKENIZER, help="tokenizer folder for the speed scenario's random model"
+    )
+    args = parser.parse_args(argv)
+    available = scenarios()
+    chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    sides = [name.strip() for name in args.sides.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in available] + [s for s in sides if s not in ("ours", "trl")]
+    if unknown or not chosen or not sides:
+        raise PipelineError(f"unknown or empty --scenarios/--sides {unknown}; scenarios: {', '.join(available)}")
+    if "speed" in chosen and not (args.tokenizer / "tokenizer.json").exists():
+        raise PipelineError(
+            f"{args.tokenizer} has no tokenizer.json: build the tiny base with "
+            "`python -m pipeline.tiny_base --data data/demo --out build/tiny-base` or pass --tokenizer"
+        )
+    for name in chosen:
+        ensure_inputs(available[name], args.tokenizer)
+    if "trl" in sides:
+        subprocess.run(["bash", str(ROOT / "bench" / "setup_reference_env.sh")], check=True)
+
+    failed = False
+    for name in chosen:
+        scenario = available[name]
+        results = {side: run_side(side, scenario) for side in sides}
+        table, derived = report(scenario, results)
+        print(table, flush=True)
+        write_json_atomic(
+            OUT / f"{name}.json",
+            {
+                "scenario": name,
+                "description": scenario.description,
+                "policy": str(scenario.policy),
+                "reward": str(scenario.reward),
+                "prompts": str(scenario.prompts),
+                "settings": scenario.settings,
+                "episodes_per_update": scenario.episodes_per_update,
+                "num_mini_batches": scenario.num_mini_batches,
+                "lora": LORA,
+                "cpu_count": os.cpu_count(),
+                "sides": results,
+                **derived,
+            },
+        )
+        failed = failed or any("error" in side for side in results.values())
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,189 @@
+"""The benchmark harness (bench/): measurement helpers, matched-KL scores, random models, command contracts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from bench import compare
+from bench.metrics import (
+    common_kl_grid,
+    moving_average,
+    score_at_kl,
+    steady_episodes_per_second,
+    update_times,
+)
+from bench.random_model import build_random_models, llama_config, llama_param_count, parse_param_count
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A small BPE tokenizer with distinct pad/bos/eos/unk, trained on a few sentences."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
+    tokenizer.train_from_iterator(["the film was great", "the food was awful", "a fine phone"] * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    folder = tmp_path_factory.mktemp("tokenizer")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def test_score_at_kl_interpolates_between_the_points_around_the_target():
+    # Unordered in time, as KL is along a real run: the points are ordered by KL first.
+    assert score_at_kl([0.0, 2.0, 1.0], [0.0, 4.0, 1.0], 1.5) == pytest.approx(2.5)
+    assert score_at_kl([0.0, 2.0, 1.0], [0.0, 4.0, 1.0], 2.0) == pytest.approx(4.0)
+    assert score_at_kl([0.0, 1.0, 1.0, 3.0], [0.0, 1.0, 3.0, 2.0], 1.0) == pytest.approx(2.0)  # ties averaged
+
+
+def test_score_at_kl_never_extrapolates():
+    assert score_at_kl([0.1, 0.5], [1.0, 2.0], 0.6) is None
+    assert score_at_kl([0.1, 0.5], [1.0, 2.0], 0.05) is None
+    with pytest.raises(ValueError, match="2 KL values but 1 scores"):
+        score_at_kl([0.1, 0.5], [1.0], 0.2)
+
+
+def test_common_kl_grid_spans_the_overlap_only():
+    assert common_kl_grid([0.0, 1.0, 4.0], [2.0, 6.0], 3) == pytest.approx([2.0, 3.0, 4.0])
+    assert common_kl_grid([0.0, 1.0], [2.0, 3.0], 3) == []
+
+
+def test_moving_average_is_trailing():
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == pytest.approx([1.0, 2.0, 4.0, 6.0])
+
+
+def test_steady_rate_skips_the_first_update():
+    records = [
+        {"episode": 8, "elapsed_s": 30.0},
+        {"episode": 16, "elapsed_s": 34.0},
+        {"episode": 24, "elapsed_s": 38.0},
+    ]
+    assert steady_episodes_per_second(records) == pytest.approx(2.0)
+    assert steady_episodes_per_second(records[:1]) is None
+
+
+def test_update_times_fall_back_to_cumulative_eps():
+    assert update_times([{"episode": 8, "eps": 2}, {"episode": 16, "eps": 4}]) == pytest.approx([4.0, 4.0])
+    with pytest.raises(ValueError, match="neither"):
+        update_times([{"episode": 8, "eps": 0}])
+
+
+def test_matched_kl_reads_ours_at_trls_final_kl():
+    trl = [{"objective/kl": kl, "objective/scores": kl} for kl in (0.0, 1.0, 2.0)]
+    ours = [{"objective/kl": kl, "objective/scores": 2 * kl} for kl in (0.0, 2.0, 4.0)]
+    matched = compare.matched_kl(ours, trl, window=1, grid_points=3)
+    assert matched["trl_final_kl"] == pytest.approx(2.0)
+    assert matched["ours_score_at_trl_final_kl"] == pytest.approx(4.0)
+    assert [point["kl"] for point in matched["grid"]] == pytest.approx([0.0, 1.0, 2.0])
+    assert [point["trl"] for point in matched["grid"]] == pytest.approx([0.0, 1.0, 2.0])
+
+
+def test_parse_param_count():
+    assert parse_param_count("100M") == 100_000_000
+    assert parse_param_count("1.5b") == 1_500_000_000
+    assert parse_param_count("2500") == 2500
+    with pytest.raises(PipelineError, match="not a size"):
+        parse_param_count("lots")
+
+
+def test_param_formula_matches_the_model(tokenizer_dir):
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    config = llama_config(tokenizer, 400_000, hidden=64, layers=2, heads=4)
+    expected = llama_param_count(len(tokenizer), 64, 2, config.intermediate_size)
+    assert LlamaForCausalLM(config).num_parameters() == expected
+    assert abs(expected - 400_000) <= 3 * 64 * 2 * 64  # within one MLP rounding step of the target
+    with pytest.raises(PipelineError, match="too small"):
+        llama_config(tokenizer, 1_000, hidden=64, layers=2, heads=4)
+
+
+def test_random_models_are_seeded_and_loadable(tokenizer_dir, tmp_path):
+    shape = {"hidden": 64, "layers": 2, "heads": 4}
+    counts = build_random_models(str(tokenizer_dir), tmp_path / "a", 400_000, seed=3, **shape)
+    build_random_models(str(tokenizer_dir), tmp_path / "b", 400_000, seed=3, **shape)
+    assert counts["reward"] == counts["policy"] + 64  # the score head replaces the tied LM head
+    reward_config = AutoConfig.from_pretrained(tmp_path / "a" / "reward")
+    assert reward_config.num_labels == 1 and reward_config.pad_token_id == 0
+    first, second = (LlamaForCausalLM.from_pretrained(tmp_path / name) for name in ("a", "b"))
+    for (name, weight), other in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(weight, other), name
+
+
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(f"--{name}") + 1]
+
+
+@pytest.mark.parametrize("name", ["speed", "quality"])
+def test_both_sides_get_the_same_settings(name):
+    scenario = compare.scenarios()[name]
+    ours = compare.ours_command(scenario, f"bench-{name}")
+    trl = compare.trl_command(scenario, Path("out.json"))
+    for key, value in scenario.settings.items():
+        assert _flag(ours, key) == _flag(trl, key) == str(value), key
+    assert _flag(ours, "sft_model_path") == _flag(trl, "policy")
+    assert _flag(ours, "reward_model_path") == _flag(trl, "reward")
+    assert _flag(ours, "dataset_name") == _flag(trl, "prompts")
+    assert "--lora" in trl and _flag(ours, "use_peft") == "true"
+    assert _flag(ours, "lora_target_modules") == _flag(trl, "lora_target_modules")
+
+
+@pytest.mark.parametrize("name", ["speed", "quality"])
+def test_both_sides_sample_and_step_alike(name):
+    """Same episodes per update and minibatch size, under each implementation's own batch arithmetic."""
+    scenario = compare.scenarios()[name]
+    keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_mini_batches")
+    ours = [int(_flag(compare.ours_batch_flags(scenario), key)) for key in keys]
+    trl = [int(_flag(compare.trl_batch_flags(scenario), key)) for key in keys]
+    # ours: update = micro x accumulation x minibatches; trl 1.12: update = micro x accumulation
+    assert ours[0] * ours[1] * ours[2] == trl[0] * trl[1] == scenario.episodes_per_update
+    assert ours[0] * ours[1] == trl[0] * trl[1] // trl[2]  # minibatch size
+
+
+def test_run_measured_sees_the_childs_peak_memory_and_exit_code(tmp_path):
+    allocate = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); raise SystemExit(3)"
+    measured = compare.run_measured([sys.executable, "-c", allocate], tmp_path / "child.log")
+    assert measured.returncode == 3
+    assert 300 < measured.peak_rss_mb < 1000
+
+
+def test_read_ours_keeps_update_records(tmp_path):
+    lines = [{"episode": 8, "objective/kl": 0.1, "objective/scores": 1.0}, {"note": "not an update"}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "summary.json").write_text(json.dumps({"peak_memory_mb": 123.0}))
+    result = compare.read_ours(tmp_path)
+    assert result["records"] == lines[:1] and result["self_reported_peak_mb"] == 123.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / ".bench-venv-trl112" / ".bench-complete").exists(), reason="no reference venv")
+def test_trl112_side_runs_and_reports(tokenizer_dir, tmp_path):
+    build_random_models(str(tokenizer_dir), tmp_path / "model", 400_000, hidden=64, layers=2, heads=4)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"the film was {i}"}) + "\n" for i in range(8)))
+    scenario = compare.Scenario(
+        name="tiny",
+        description="tiny",
+        policy=tmp_path / "model",
+        reward=tmp_path / "model" / "reward",
+        prompts=prompts,
+        episodes_per_update=4,
+        num_mini_batches=2,
+        settings={"response_length": 8, "total_episodes": 12, "num_ppo_epochs": 1},
+    )
+    out = tmp_path / "result.json"
+    measured = compare.run_measured(compare.trl_command(scenario, out), tmp_path / "trl.log")
+    assert measured.returncode == 0, (tmp_path / "trl.log").read_text()[-3000:]
+    result = json.loads(out.read_text())
+    assert [record["episode"] for record in result["records"]] == [4, 8, 12]
+    assert result["episodes_per_second"] > 0 and result["peak_rss_mb"] > 100
+    assert result["config"]["lora_r"] == 16 and result["versions"]["trl"] == "1.12.0"
