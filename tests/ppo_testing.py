@@ -137,10 +137,11 @@ class RecordingTrainer(PPOTrainer):
         RecordingTrainer.latest = self
         self.local_rollouts: list[dict[str, float]] = []
         self.before = snapshot(self.model)
-        self.reference_before = snapshot(self.reference_model) if self.reference_model is not None else None
+        reference = self.model.frozen_reference
+        self.reference_before = snapshot(reference) if reference is not None else None
         metrics = super().train()
         self.after = snapshot(self.accelerator.unwrap_model(self.model_wrapped))
-        self.reference_after = snapshot(self.reference_model) if self.reference_model is not None else None
+        self.reference_after = snapshot(reference) if reference is not None else None
         return metrics
 
     def rollout_metrics(self, rollout, gold):

@@ -10,6 +10,9 @@ Wrapping policy and value in one ``nn.Module`` lets one optimizer and one DDP/De
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from peft import PeftModel
 from torch import nn
@@ -124,17 +127,31 @@ class PolicyAndValue(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
         ).logits
 
+    @property
+    def frozen_reference(self) -> PreTrainedModel | None:
+        """The frozen reference copy (full fine-tuning), or None when the reference is the adapter-disabled base."""
+        return self._reference[0] if self._reference else None
+
+    @contextmanager
+    def reference_policy(self) -> Iterator[PreTrainedModel | PeftModel]:
+        """The reference (SFT) policy to call or generate with: the frozen copy, or the policy with its adapters
+        disabled (trainable flags restored afterwards, since PEFT freezes adapters when disabling them)."""
+        if self._reference:
+            yield self._reference[0]
+            return
+        try:
+            with self.policy.disable_adapter():
+                yield self.policy
+        finally:
+            self._restore_trainable()
+
     @torch.no_grad()
     def reference_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
-        """Logits of the reference (SFT) policy: the adapter-disabled base, or the frozen copy."""
-        if self._reference:
-            return self._reference[0](
+        """Logits of the reference (SFT) policy for the last ``keep`` positions."""
+        with self.reference_policy() as reference:
+            return reference(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
             ).logits
-        with self.policy.disable_adapter():
-            logits = self.policy_logits(input_ids, attention_mask, position_ids, keep)
-        self._restore_trainable()
-        return logits
 
     def forward(self, input_ids, attention_mask, position_ids, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         values = self.values(input_ids, attention_mask, position_ids, keep)

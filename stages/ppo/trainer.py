@@ -137,9 +137,8 @@ class PPOTrainer(Trainer):
         # Prompts are left-padded and cut from the left; a copy keeps the saved tokenizer's settings untouched.
         self.prompt_tokenizer = copy.copy(tokenizer)
         self.prompt_tokenizer.padding_side = self.prompt_tokenizer.truncation_side = "left"
-        self.reference_model = model._reference[0] if model._reference else None
-        if self.reference_model is not None:
-            self.reference_model.to(self.accelerator.device)
+        if model.frozen_reference is not None:
+            model.frozen_reference.to(self.accelerator.device)
 
     # ----- rollout -----------------------------------------------------------------------------------------
 
@@ -157,15 +156,11 @@ class PPOTrainer(Trainer):
         """Generate for ``rows``; returns (input_ids, attention_mask, responses, response_mask, last_index, ended)."""
         prompt_ids, prompt_mask = self._tokenize_prompts(rows)
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            policy = unwrapped.policy
-            if use_reference and self.reference_model is not None:
-                policy = self.reference_model
-            if use_reference and self.reference_model is None:
-                with policy.disable_adapter():
-                    raw = self._generate(policy, prompt_ids, prompt_mask)
-                unwrapped._restore_trainable()
+            if use_reference:
+                with unwrapped.reference_policy() as reference:
+                    raw = self._generate(reference, prompt_ids, prompt_mask)
             else:
-                raw = self._generate(policy, prompt_ids, prompt_mask)
+                raw = self._generate(unwrapped.policy, prompt_ids, prompt_mask)
         responses, response_mask, last_index, ended = truncate_after_eos(
             raw, self.stop_token_ids, self.processing_class.pad_token_id
         )
