@@ -141,6 +141,8 @@ class RecordingTrainer(PPOTrainer):
         self.reference_before = snapshot(reference) if reference is not None else None
         metrics = super().train()
         self.after = snapshot(self.accelerator.unwrap_model(self.model_wrapped))
+        # Taken now: saving merges the policy adapter into the base in place, which renames the parameters.
+        self.trainable_names = self.accelerator.unwrap_model(self.model_wrapped).trainable_names()
         self.reference_after = snapshot(reference) if reference is not None else None
         return metrics
 
@@ -156,8 +158,7 @@ class RecordingTrainer(PPOTrainer):
 
     def trainable(self, which: str) -> dict[str, torch.Tensor]:
         """``before`` or ``after`` restricted to the parameters PPO trains."""
-        names = self.accelerator.unwrap_model(self.model_wrapped).trainable_names()
-        return {name: tensor for name, tensor in getattr(self, which).items() if name in names}
+        return {name: tensor for name, tensor in getattr(self, which).items() if name in self.trainable_names}
 
     def record(self) -> dict:
         """What a distributed test compares across processes."""

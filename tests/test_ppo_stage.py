@@ -4,6 +4,7 @@ fine-tuning, QLoRA, adaptive KL control, non-finite stops and missing inputs."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,22 @@ def test_qlora_policy_runs_on_cpu(sft_model, tmp_path, recording):
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.policy.modules()), "policy not 4-bit"
     assert_trains_exactly_the_trainable(trainer)
     assert (tmp_path / "r" / "ppo" / "model" / "config.json").is_file()
+
+
+def test_bf16_base_under_mixed_precision(sft_model, tmp_path, recording):
+    """A bfloat16 base under bf16 autocast: the adapters and the head stay float32 and train, the base does not
+    move, the first minibatch still sees the sampling policy, and the merged policy is saved in bfloat16."""
+    options = {"dtype": "bfloat16", "bf16": "true", "use_cpu": "true", "total_episodes": 16}
+    records = run_ppo(ppo_argv(tmp_path, "r", sft_model, **options))
+    trainer = recording.latest
+    trained = assert_trains_exactly_the_trainable(trainer)
+    assert {trainer.after[name].dtype for name in trained} == {torch.float32}
+    assert {trainer.before[name].dtype for name in set(trainer.before) - trained} == {torch.bfloat16}
+    for record in records:
+        assert abs(record["first/ratio"] - 1) < 1e-3, record["first/ratio"]
+        assert math.isfinite(record["loss/policy_avg"]) and math.isfinite(record["loss/value_avg"])
+    merged = json.loads((tmp_path / "r" / "ppo" / "model" / "config.json").read_text())
+    assert merged["dtype"] == "bfloat16"
 
 
 def test_gradient_accumulation_takes_one_optimizer_step_per_minibatch(sft_model, tmp_path, recording):

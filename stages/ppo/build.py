@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from accelerate import PartialState
-from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.trainer.utils import disable_dropout_in_model
@@ -28,6 +29,19 @@ def with_lora(model: PreTrainedModel, model_args: ModelArguments, task_type: str
     return peft_model
 
 
+def value_adapter_config(policy: PeftModel, model_args: ModelArguments, top_layers: int | None) -> LoraConfig:
+    """The value adapter's LoRA config: the policy adapter's, or the same modules in the top ``top_layers`` layers."""
+    config = lora_config(model_args, "CAUSAL_LM")
+    if not top_layers:
+        return config
+    total = policy.config.num_hidden_layers
+    # PEFT has resolved shorthands like 'all-linear' into module paths; restricting to layers needs bare names.
+    names = {name.rsplit(".", 1)[-1] for name in policy.peft_config[POLICY_ADAPTER].target_modules}
+    return dataclasses.replace(
+        config, target_modules=names, layers_to_transform=list(range(max(total - top_layers, 0), total))
+    )
+
+
 def build_policy_and_value(
     sft_source: str, value_source: str | None, model_args: ModelArguments, args: PPOConfig, pad_token_id: int
 ) -> PolicyAndValue:
@@ -41,9 +55,13 @@ def build_policy_and_value(
     else:
         reference = load_causal_lm(sft_source, model_args).requires_grad_(False).eval()
     if args.value_model == "adapter":
-        policy.add_adapter(VALUE_ADAPTER, lora_config(model_args, "CAUSAL_LM"))
+        policy.add_adapter(VALUE_ADAPTER, value_adapter_config(policy, model_args, args.value_adapter_layers))
         disable_dropout_in_model(policy)
-        return PolicyAndValue(policy, value_head=ValueHead(policy.config.hidden_size))
+        return PolicyAndValue(
+            policy,
+            value_head=ValueHead(policy.config.hidden_size),
+            value_adapter_layers=args.value_adapter_layers,
+        )
     value = load_sequence_scorer(value_source, model_args, pad_token_id)
     if model_args.use_peft:
         value = with_lora(value, model_args, "SEQ_CLS", args.gradient_checkpointing)
@@ -74,17 +92,11 @@ def save_policy_and_value(
 ) -> dict[str, str]:
     """Write ``adapter/`` + merged ``model/`` (or ``model/`` for full fine-tuning) and ``value/``; main process only.
 
+    The policy adapter is merged into the loaded base in place (no second copy of the base in memory), so ``model``
+    is unusable afterwards; a quantized base cannot be merged exactly and is re-loaded in full precision instead.
     Returns the folder names written, for the summary.
     """
-    written = {"model": "model"}
-    if isinstance(model.policy, PeftModel):
-        model.policy.save_pretrained(work / "adapter", selected_adapters=[POLICY_ADAPTER])
-        tokenizer.save_pretrained(work / "adapter")
-        merge_adapter(sft_source, work / "adapter", work / "model")
-        written["adapter"] = "adapter"
-    else:
-        model.policy.save_pretrained(work / "model")
-        tokenizer.save_pretrained(work / "model")
+    written = {"model": "model", "value": "value"}
     value_dir = work / "value"
     if model.one_base:
         model.policy.save_pretrained(value_dir, selected_adapters=[VALUE_ADAPTER])
@@ -96,5 +108,16 @@ def save_policy_and_value(
     else:
         model.value_model.save_pretrained(value_dir)
     tokenizer.save_pretrained(value_dir)
-    written["value"] = "value"
+
+    if isinstance(model.policy, PeftModel):
+        model.policy.save_pretrained(work / "adapter", selected_adapters=[POLICY_ADAPTER])
+        tokenizer.save_pretrained(work / "adapter")
+        written["adapter"] = "adapter"
+        if getattr(model.policy, "is_quantized", False):
+            merge_adapter(sft_source, work / "adapter", work / "model")
+            return written
+        model.policy.merge_and_unload(adapter_names=[POLICY_ADAPTER]).save_pretrained(work / "model")
+    else:
+        model.policy.save_pretrained(work / "model")
+    tokenizer.save_pretrained(work / "model")
     return written

@@ -62,6 +62,14 @@ class PPOConfig(TrainingArguments):
     value_model_path: str | None = field(
         default=None, metadata={"help": "Initialization of a 'separate' value model. Default: the reward model."}
     )
+    value_adapter_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "'adapter' layout: put the value adapter on only the top N decoder layers. The value pass then "
+            "re-runs just those N layers from the policy pass's hidden states below them (detached, so the value "
+            "loss does not train the policy), instead of a whole second trunk pass. Default: all layers."
+        },
+    )
     # Rollouts
     max_prompt_length: int | None = field(
         default=256, metadata={"help": "Prompts longer than this many tokens are cut from the left."}

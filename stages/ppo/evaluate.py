@@ -8,7 +8,7 @@ import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 
-from stages.ppo.rollout import decode_completions, forward_scores
+from stages.ppo.rollout import decode_completions
 
 
 def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
@@ -23,7 +23,7 @@ def evaluate_policies(trainer, prompts: Dataset) -> dict:
     KL is ``sum_t log pi(y_t) - log pi_ref(y_t)`` on the policy's own samples (an unbiased estimate of
     KL(pi || pi_ref) per response). Each process takes a shard of the prompts; results are gathered.
     """
-    accelerator, args = trainer.accelerator, trainer.args
+    accelerator = trainer.accelerator
     rows = prompts.shard(accelerator.num_processes, accelerator.process_index, contiguous=True)[:]
     report: dict = {"num_prompts": len(prompts)}
     for name, use_reference in (("policy", False), ("reference", True)):
@@ -37,10 +37,7 @@ def evaluate_policies(trainer, prompts: Dataset) -> dict:
         if trainer.gold_fn is not None:
             per_row["gold_score"] = trainer.score_texts(rows, completions, gold=True).tolist()
         if not use_reference:
-            model = accelerator.unwrap_model(trainer.model_wrapped)
-            logprobs, ref_logprobs, _ = forward_scores(
-                model, input_ids, attention_mask, responses, args.temperature, args.local_rollout_forward_batch_size
-            )
+            logprobs, ref_logprobs, _ = trainer.forward_scores(input_ids, attention_mask, responses)
             per_row["kl"] = ((logprobs - ref_logprobs) * mask).sum(1).tolist()
         section = {}
         for key, values in per_row.items():

@@ -11,12 +11,14 @@ Wrapping policy and value in one ``nn.Module`` lets one optimizer and one DDP/De
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedModel
+
+from pipeline.errors import PipelineError
 
 POLICY_ADAPTER = "default"
 VALUE_ADAPTER = "value"
@@ -46,6 +48,50 @@ class ValueHead(nn.Module):
         return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
 
 
+class UpperLayers:
+    """The top ``count`` decoder layers of a trunk, re-run from the input the policy pass fed them.
+
+    ``capturing()`` records the hidden states entering the first of them (detached) and that layer's other inputs
+    (attention mask, position embeddings); ``run()`` then feeds the recording through the layers and the final norm,
+    with whichever adapter is active. Needs a Llama-style trunk: ``layers`` (a ModuleList) and ``norm``.
+    """
+
+    def __init__(self, trunk: nn.Module, count: int) -> None:
+        layers, norm = getattr(trunk, "layers", None), getattr(trunk, "norm", None)
+        if not isinstance(layers, nn.ModuleList) or not isinstance(norm, nn.Module):
+            raise PipelineError(
+                f"value_adapter_layers needs a decoder whose body has `layers` and `norm` (Llama-style); "
+                f"{type(trunk).__name__} has not: leave value_adapter_layers unset"
+            )
+        if not 0 < count <= len(layers):
+            raise PipelineError(f"value_adapter_layers must be between 1 and {len(layers)} (the model's layers)")
+        self.layers, self.norm, self.first = layers, norm, len(layers) - count
+        self._recorded: tuple[torch.Tensor, dict] | None = None
+
+    @contextmanager
+    def capturing(self) -> Iterator[None]:
+        def record(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self._recorded = (hidden.detach(), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+        handle = self.layers[self.first].register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def run(self) -> torch.Tensor:
+        """Last hidden states from the recorded input (consumed: each recording serves one run)."""
+        if self._recorded is None:
+            raise RuntimeError("the value pass needs a policy pass on the same batch first")
+        hidden, kwargs = self._recorded
+        self._recorded = None
+        for layer in self.layers[self.first :]:
+            output = layer(hidden, **kwargs)
+            hidden = output[0] if isinstance(output, tuple) else output
+        return self.norm(hidden)
+
+
 class PolicyAndValue(nn.Module):
     """``forward`` returns the policy's logits and the value estimates for the last ``keep`` positions."""
 
@@ -55,6 +101,7 @@ class PolicyAndValue(nn.Module):
         value_head: ValueHead | None = None,
         value_model: PreTrainedModel | PeftModel | None = None,
         reference: PreTrainedModel | None = None,
+        value_adapter_layers: int | None = None,
     ) -> None:
         super().__init__()
         if (value_head is None) == (value_model is None):
@@ -62,6 +109,8 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value_head = value_head
         self.value_model = value_model
+        # Adapter layout with the value adapter on the top layers only: the value pass re-runs just those layers.
+        self._upper = UpperLayers(trunk_of(policy), value_adapter_layers) if value_adapter_layers else None
         # A frozen full copy is kept out of the module's parameters (it is neither trained nor checkpointed).
         self._reference = [reference] if reference is not None else []
         self._trainable = [p for p in self.parameters() if p.requires_grad]
@@ -110,22 +159,30 @@ class PolicyAndValue(nn.Module):
         if self.one_base:
             self._use_adapter(VALUE_ADAPTER)
             try:
-                hidden = trunk_of(self.policy)(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-                ).last_hidden_state
+                if self._upper is not None:
+                    hidden = self._upper.run()
+                else:
+                    hidden = trunk_of(self.policy)(
+                        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                    ).last_hidden_state
             finally:
                 self._use_adapter(POLICY_ADAPTER)
             return self.value_head(hidden[:, -keep:])
         hidden = trunk_of(self.value_model)(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         return self.value_model.score(hidden[:, -keep:]).squeeze(-1).float()
 
     def policy_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
-        """Policy logits for the last ``keep`` positions."""
-        return self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
-        ).logits
+        """Policy logits for the last ``keep`` positions (recording the value pass's input when it needs one)."""
+        with self._upper.capturing() if self._upper is not None else nullcontext():
+            return self.policy(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=keep,
+                use_cache=False,
+            ).logits
 
     @property
     def frozen_reference(self) -> PreTrainedModel | None:
@@ -150,9 +207,22 @@ class PolicyAndValue(nn.Module):
         """Logits of the reference (SFT) policy for the last ``keep`` positions."""
         with self.reference_policy() as reference:
             return reference(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=keep,
+                use_cache=False,
             ).logits
 
-    def forward(self, input_ids, attention_mask, position_ids, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-        values = self.values(input_ids, attention_mask, position_ids, keep)
-        return self.policy_logits(input_ids, attention_mask, position_ids, keep), values
+    def forward(
+        self, input_ids, attention_mask, position_ids, keep: int, part: str = "both"
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(policy logits, values) for the last ``keep`` positions; ``part`` 'policy' or 'value' computes only that
+        one (the other is None), so a training step can free one pass's activations before running the other. With
+        ``value_adapter_layers`` the value pass reads the policy pass's hidden states, so 'policy' must come first.
+        """
+        logits = (
+            self.policy_logits(input_ids, attention_mask, position_ids, keep) if part in ("both", "policy") else None
+        )
+        values = self.values(input_ids, attention_mask, position_ids, keep) if part in ("both", "value") else None
+        return logits, values

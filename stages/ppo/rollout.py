@@ -49,8 +49,19 @@ class Rollout:
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-probabilities of ``tokens`` under ``logits`` divided by the sampling temperature."""
-    return selective_log_softmax(logits / temperature, tokens)
+    """Float32 log-probabilities of ``tokens`` under ``logits`` divided by the sampling temperature.
+
+    Half-precision logits are upcast one row at a time: bf16 log-probabilities are too coarse for PPO's ratios, and
+    a float32 copy of all logits at once would cost B x T x vocabulary x 4 bytes.
+    """
+    if logits.dtype in (torch.float32, torch.float64):
+        return selective_log_softmax(logits, tokens, temperature)
+    return torch.stack(
+        [
+            selective_log_softmax(row.float(), row_tokens, temperature)
+            for row, row_tokens in zip(logits, tokens, strict=True)
+        ]
+    )
 
 
 @torch.no_grad()

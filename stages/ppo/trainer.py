@@ -6,6 +6,7 @@ optimizer and LR schedule, callbacks, ``report_to`` integrations and the progres
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -17,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import GenerationConfig, PreTrainedTokenizerBase, ProgressCallback, Trainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits
@@ -122,6 +124,11 @@ class PPOTrainer(Trainer):
         self.work_dir = Path(work_dir)
         self.kl_controller = make_kl_controller(args.kl_control, args.kl_coef, args.kl_target, args.kl_horizon)
         self.progress = TrainingProgress()
+        if self.accelerator.mixed_precision in ("bf16", "fp16"):
+            keep_lora_in_autocast_dtype(model)
+        # Forward/backward passes per micro-batch (see _forward_backward).
+        one_backward = self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        self.passes = ("both",) if one_backward else ("policy", "value")
         self.stop_token_ids = [tokenizer.eos_token_id]
         if args.stop_token:
             self.stop_token_ids.append(tokenizer.convert_tokens_to_ids(args.stop_token))
@@ -155,7 +162,10 @@ class PPOTrainer(Trainer):
     def sample(self, rows: dict[str, list], use_reference: bool = False) -> tuple[torch.Tensor, torch.Tensor, ...]:
         """Generate for ``rows``; returns (input_ids, attention_mask, responses, response_mask, last_index, ended)."""
         prompt_ids, prompt_mask = self._tokenize_prompts(rows)
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+        with (
+            unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped,
+            self.accelerator.autocast(),
+        ):
             if use_reference:
                 with unwrapped.reference_policy() as reference:
                     raw = self._generate(reference, prompt_ids, prompt_mask)
@@ -182,18 +192,28 @@ class PPOTrainer(Trainer):
         """Scores of ``completions`` from the reward source (or the gold scorer), on this process's device."""
         columns = {k: v for k, v in rows.items() if k not in ("prompt", "completion", "completions")}
         function = self.gold_fn if gold else self.reward_fn
-        return score(function, rows["prompt"], completions, columns, self.accelerator.device)
+        with self.accelerator.autocast():
+            return score(function, rows["prompt"], completions, columns, self.accelerator.device)
+
+    def forward_scores(self, input_ids, attention_mask, responses) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Policy logprobs, reference logprobs and values of sampled responses (no gradients, in chunks)."""
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        with self.accelerator.autocast():
+            return forward_scores(
+                model,
+                input_ids,
+                attention_mask,
+                responses,
+                self.args.temperature,
+                self.args.local_rollout_forward_batch_size,
+            )
 
     @torch.no_grad()
     def make_rollout(self, rows: dict[str, list]) -> tuple[Rollout, list[str]]:
         """Sample, recompute logprobs (policy and reference) and values, score, and shape per-token rewards."""
         args = self.args
         input_ids, attention_mask, responses, response_mask, last_index, ended = self.sample(rows)
-        model = self.accelerator.unwrap_model(self.model_wrapped)
-        with self.compute_loss_context_manager():
-            logprobs, ref_logprobs, values = forward_scores(
-                model, input_ids, attention_mask, responses, args.temperature, args.local_rollout_forward_batch_size
-            )
+        logprobs, ref_logprobs, values = self.forward_scores(input_ids, attention_mask, responses)
         completions = decode_completions(self.processing_class, responses, response_mask)
         raw_scores = self.score_texts(rows, completions)
         scores = raw_scores - self.progress.reward_offset
@@ -238,47 +258,71 @@ class PPOTrainer(Trainer):
                 minibatch_kl = []
                 for start in range(mb_start, mb_start + minibatch, args.per_device_train_batch_size):
                     batch = rollout.rows(order[start : start + args.per_device_train_batch_size])
-                    with accelerator.accumulate(self.model_wrapped), self.compute_loss_context_manager():
-                        logits, values = self.model_wrapped(
-                            batch.input_ids, batch.attention_mask, batch.position_ids, length + 1
-                        )
-                        logits, values = logits[:, :-1], values[:, :-1].float()
-                        logprobs = token_logprobs(logits, batch.responses, args.temperature).float()
-                        pg_loss, pg_stats = policy_loss(
-                            logprobs, batch.logprobs, batch.advantages, batch.response_mask, args.cliprange
-                        )
-                        vf_loss, vf_stats = value_loss(
-                            values, batch.values, batch.returns, batch.response_mask, args.cliprange_value
-                        )
-                        entropy = entropy_bonus(
-                            entropy_from_logits((logits / args.temperature).float()), batch.response_mask
-                        )
-                        loss = pg_loss + args.vf_coef * vf_loss - args.entropy_coef * entropy
-                        accelerator.backward(loss)
+                    with accelerator.accumulate(self.model_wrapped):
+                        step_stats = self._forward_backward(batch, length)
                         if accelerator.sync_gradients and args.max_grad_norm:
                             accelerator.clip_grad_norm_(self.model_wrapped.parameters(), args.max_grad_norm)
                         self.optimizer.step()
                         self.optimizer.zero_grad()
-                    for key, value in {
-                        "policy/approxkl_avg": pg_stats["approxkl"],
-                        "policy/clipfrac_avg": pg_stats["clipfrac"],
-                        "loss/policy_avg": pg_loss.detach(),
-                        "loss/value_avg": vf_loss.detach(),
-                        "val/clipfrac_avg": vf_stats["clipfrac"],
-                        "policy/entropy_avg": entropy.detach(),
-                        "val/ratio": pg_stats["ratio"],
-                    }.items():
+                    for key, value in step_stats.items():
                         stats[key].append(value)
-                    minibatch_kl.append(pg_stats["approxkl"])
                     if "first/ratio" not in stats:
-                        stats["first/ratio"].append(pg_stats["ratio"])
-                        stats["first/approxkl"].append(pg_stats["approxkl"])
+                        stats["first/ratio"].append(step_stats["val/ratio"])
+                        stats["first/approxkl"].append(step_stats["policy/approxkl_avg"])
+                    minibatch_kl.append(step_stats["policy/approxkl_avg"])
                 if args.target_kl_early_stop is not None:
                     approxkl = accelerator.reduce(torch.stack(minibatch_kl).mean(), reduction="mean")
                     if approxkl.item() > args.target_kl_early_stop:
                         stats["policy/early_stop"].append(torch.tensor(1.0))
                         return self._mean_stats(stats)
         return self._mean_stats(stats)
+
+    def _forward_backward(self, batch: Rollout, length: int) -> dict[str, torch.Tensor]:
+        """Losses and gradients of one micro-batch; returns its statistics.
+
+        The policy pass and the value pass run one after the other, each freeing its activations in its backward
+        before the next forward, so only one pass's activations are alive at a time. The policy pass keeps its
+        gradients local (DDP ``no_sync``) and the value pass synchronizes all of them. DeepSpeed and FSDP engines
+        expect one backward per micro-batch, so there both run in one pass.
+        """
+        args, accelerator = self.args, self.accelerator
+        stats: dict[str, torch.Tensor] = {}
+        for part in self.passes:
+            keep_local = (
+                accelerator.no_sync(self.model_wrapped) if part != self.passes[-1] else contextlib.nullcontext()
+            )
+            with keep_local:
+                logits, values = self.model_wrapped(
+                    batch.input_ids, batch.attention_mask, batch.position_ids, length + 1, part=part
+                )
+                loss = torch.zeros((), device=batch.responses.device)
+                if values is not None:
+                    vf_loss, vf_stats = value_loss(
+                        values[:, :-1].float(), batch.values, batch.returns, batch.response_mask, args.cliprange_value
+                    )
+                    loss = loss + args.vf_coef * vf_loss
+                    stats.update({"loss/value_avg": vf_loss.detach(), "val/clipfrac_avg": vf_stats["clipfrac"]})
+                if logits is not None:
+                    logits = logits[:, :-1]
+                    logprobs = token_logprobs(logits, batch.responses, args.temperature)
+                    pg_loss, pg_stats = policy_loss(
+                        logprobs, batch.logprobs, batch.advantages, batch.response_mask, args.cliprange
+                    )
+                    entropy = entropy_bonus(
+                        entropy_from_logits((logits / args.temperature).float()), batch.response_mask
+                    )
+                    loss = loss + pg_loss - args.entropy_coef * entropy
+                    stats.update(
+                        {
+                            "policy/approxkl_avg": pg_stats["approxkl"],
+                            "policy/clipfrac_avg": pg_stats["clipfrac"],
+                            "loss/policy_avg": pg_loss.detach(),
+                            "policy/entropy_avg": entropy.detach(),
+                            "val/ratio": pg_stats["ratio"],
+                        }
+                    )
+                accelerator.backward(loss)
+        return stats
 
     def _mean_stats(self, stats: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         ratios = torch.stack(stats["val/ratio"])
@@ -494,6 +538,19 @@ class PPOTrainer(Trainer):
             gold_text = f" gold {record['gold_score']:+.3f}" if gold is not None else ""
             shown = f"{record['prompt']!r} -> {record['completion']!r}"
             print(f"[update {self.progress.update}] score {record['score']:+.3f}{gold_text} | {shown}")
+
+
+def keep_lora_in_autocast_dtype(model: torch.nn.Module) -> None:
+    """Let LoRA layers compute in the autocast dtype under mixed precision.
+
+    PEFT casts each LoRA layer's input to the adapter's float32 weights, so a bf16 activation is copied to float32
+    and the adapter runs in float32 in every layer. Under autocast the matmuls cast their operands themselves; every
+    forward of the PPO models runs under ``accelerator.autocast`` (the prepared model's forward is wrapped by
+    accelerate), so the float32 master weights stay and only the computation is in half precision.
+    """
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

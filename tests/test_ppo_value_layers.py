@@ -1,0 +1,95 @@
+"""``value_adapter_layers``: the value adapter sits on the top layers only and the value pass re-runs just those
+layers from the policy pass's hidden states, which it reads without training the policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from pipeline.errors import PipelineError
+from stages.ppo.build import value_adapter_config
+from stages.ppo.config import PPOModelArguments
+from stages.ppo.modeling import POLICY_ADAPTER, VALUE_ADAPTER, PolicyAndValue, ValueHead, position_ids_from
+
+TOP = 1
+
+
+def lora() -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+@pytest.fixture
+def model(tiny_base) -> PolicyAndValue:
+    torch.manual_seed(0)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), lora())
+    model_args = PPOModelArguments(lora_r=4, lora_alpha=8, lora_target_modules=["all-linear"])
+    policy.add_adapter(VALUE_ADAPTER, value_adapter_config(policy, model_args, TOP))
+    # LoRA starts as a no-op (B = 0); random B makes both adapters change what they touch.
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    head = ValueHead(policy.config.hidden_size)
+    torch.nn.init.normal_(head.summary.weight)
+    return PolicyAndValue(policy, value_head=head, value_adapter_layers=TOP)
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, 200, (3, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :3] = 0  # left padding
+    return input_ids, attention_mask, position_ids_from(attention_mask)
+
+
+def adapter_parameters(model: PolicyAndValue, adapter: str) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.policy.named_parameters() if "lora_" in n and f".{adapter}." in n}
+
+
+def test_value_adapter_only_on_the_top_layers(model):
+    layers = model.policy.config.num_hidden_layers
+    names = adapter_parameters(model, VALUE_ADAPTER)
+    assert names and all(f"layers.{layers - TOP}." in name for name in names)
+    assert any(f"layers.{layers - TOP - 1}." in name for name in adapter_parameters(model, POLICY_ADAPTER))
+
+
+def test_value_loss_trains_the_value_adapter_and_head_not_the_policy(model):
+    logits, _ = model(*batch(), keep=4, part="policy")
+    _, values = model(*batch(), keep=4, part="value")
+    values.square().sum().backward()
+    policy_grads = [p.grad for p in adapter_parameters(model, POLICY_ADAPTER).values()]
+    assert all(grad is None or not grad.any() for grad in policy_grads)
+    assert all(p.grad is not None and p.grad.any() for p in adapter_parameters(model, VALUE_ADAPTER).values())
+    assert model.value_head.summary.weight.grad.any()
+    assert logits.shape[:2] == values.shape == (3, 4)
+
+
+def test_split_passes_match_one_joint_pass(model):
+    with torch.no_grad():
+        joint_logits, joint_values = model(*batch(), keep=4)
+        logits, _ = model(*batch(), keep=4, part="policy")
+        _, values = model(*batch(), keep=4, part="value")
+    torch.testing.assert_close(logits, joint_logits)
+    torch.testing.assert_close(values, joint_values)
+
+
+def test_values_read_the_policy_features_below_the_value_layers(model):
+    with torch.no_grad():
+        before = model(*batch(), keep=4)[1]
+        lowest = next(p for n, p in adapter_parameters(model, POLICY_ADAPTER).items() if "layers.0." in n)
+        lowest.add_(1.0)
+        after = model(*batch(), keep=4)[1]
+    assert not torch.allclose(before, after)
+
+
+def test_value_pass_without_a_policy_pass_is_refused(model):
+    with pytest.raises(RuntimeError, match="policy pass"):
+        model(*batch(), keep=4, part="value")
+
+
+def test_more_layers_than_the_model_has_is_refused(tiny_base):
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), lora())
+    with pytest.raises(PipelineError, match="value_adapter_layers must be between 1 and"):
+        PolicyAndValue(policy, value_head=ValueHead(policy.config.hidden_size), value_adapter_layers=99)
