@@ -5,8 +5,11 @@ batch sizes, lengths, reward and seed. Peak memory is the child's ``ru_maxrss`` 
 measured the same way for both. Episodes per second are taken over the updates after the first (warm-up excluded).
 
 Scenarios:
-  speed    a random ~100M-parameter Llama policy and reward/value model (runs/bench/random-100m): episodes/s, memory
-  quality  the demo's SFT policy and reward model: score reached at matched KL to the reference
+  speed       a random ~100M-parameter Llama policy and reward/value model (runs/bench/random-100m) in float32:
+              episodes/s, memory
+  speed-bf16  the same models loaded in bfloat16, with bf16 mixed precision, on both sides (LoRA adapters
+              stay float32)
+  quality     the demo's SFT policy and reward model: score reached at matched KL to the reference
 Results go to runs/bench/<scenario>.json, child logs to runs/bench/logs/.
 """
 
@@ -70,6 +73,10 @@ class Scenario:
     # step; it runs after the last update, so it is outside episodes/s but inside the process's wall time).
     eval_prompts: Path = DEMO_EVAL_PROMPTS
     eval_prompt_count: int = 200
+    # Whether SPEED_TARGET and MEMORY_TARGET apply (the speed scenarios).
+    targets: bool = False
+    # bf16 mixed precision on both sides (each implementation's own bf16 option).
+    bf16: bool = False
 
 
 def scenarios() -> dict[str, Scenario]:
@@ -83,22 +90,29 @@ def scenarios() -> dict[str, Scenario]:
         "missing_eos_penalty": 1.0,
     }
     return {
-        "speed": Scenario(
-            name="speed",
-            description="random ~100M Llama policy + same-size reward/value, 8 episodes/update, 5 updates",
-            policy=RANDOM_MODEL,
-            reward=RANDOM_MODEL / "reward",
-            prompts=DEMO_PROMPTS,
-            episodes_per_update=8,
-            num_mini_batches=1,
-            settings={
-                **common,
-                "response_length": 32,
-                "learning_rate": 1e-5,
-                "total_episodes": 40,
-            },
-            eval_prompt_count=16,
-        ),
+        **{
+            name: Scenario(
+                name=name,
+                description=f"random ~100M Llama policy + same-size reward/value in {dtype}, 8 episodes/update, "
+                "5 updates",
+                policy=RANDOM_MODEL,
+                reward=RANDOM_MODEL / "reward",
+                prompts=DEMO_PROMPTS,
+                episodes_per_update=8,
+                num_mini_batches=1,
+                settings={
+                    **common,
+                    "response_length": 32,
+                    "learning_rate": 1e-5,
+                    "total_episodes": 40,
+                    "dtype": dtype,
+                },
+                eval_prompt_count=16,
+                targets=True,
+                bf16=dtype == "bfloat16",
+            )
+            for name, dtype in (("speed", "float32"), ("speed-bf16", "bfloat16"))
+        },
         "quality": Scenario(
             name="quality",
             description="demo SFT policy + demo reward model, 16 episodes/update, 64 updates",
@@ -159,6 +173,13 @@ def trl_batch_flags(scenario: Scenario) -> list[str]:
     )
 
 
+def cuda_available() -> bool:
+    """Whether the children will find a GPU (transformers wants ``use_cpu`` for bf16 on a CPU)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def ours_command(scenario: Scenario, run: str) -> list[str]:
     """Our PPO stage's command line; it writes runs/<run>/ppo/metrics.jsonl and summary.json."""
     return [
@@ -187,6 +208,7 @@ def ours_command(scenario: Scenario, run: str) -> list[str]:
         "--use_peft",
         "true",
         *_setting_flags(LORA),
+        *(["--bf16", "true", *([] if cuda_available() else ["--use_cpu", "true"])] if scenario.bf16 else []),
     ]
 
 
@@ -207,6 +229,7 @@ def trl_command(scenario: Scenario, out: Path) -> list[str]:
         LORA["lora_target_modules"],
         *trl_batch_flags(scenario),
         *_setting_flags(scenario.settings),
+        *(["--bf16"] if scenario.bf16 else []),
         "--out",
         str(out),
     ]
@@ -350,8 +373,8 @@ def report(scenario: Scenario, sides: dict[str, dict]) -> tuple[str, dict]:
         "episodes_per_second_ratio": ratio(ours.get("episodes_per_second"), trl.get("episodes_per_second")),
         "peak_rss_ratio": ratio(ours.get("peak_rss_mb"), trl.get("peak_rss_mb")),
     }
-    speed_target = f">= {SPEED_TARGET}" if scenario.name == "speed" else ""
-    memory_target = f"<= {MEMORY_TARGET}" if scenario.name == "speed" else ""
+    speed_target = f">= {SPEED_TARGET}" if scenario.targets else ""
+    memory_target = f"<= {MEMORY_TARGET}" if scenario.targets else ""
     lines += [
         _row(
             "episodes/s (after warm-up)",
@@ -419,7 +442,9 @@ def build_random_model(tokenizer: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default="speed,quality", help="comma-separated: speed, quality")
+    parser.add_argument(
+        "--scenarios", default="speed,speed-bf16,quality", help="comma-separated: speed, speed-bf16, quality"
+    )
     parser.add_argument("--sides", default="ours,trl", help="comma-separated: ours, trl")
     parser.add_argument(
         "--tokenizer", type=Path, default=TOKENIZER, help="tokenizer folder for the speed scenario's random model"
@@ -431,7 +456,10 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [name for name in chosen if name not in available] + [s for s in sides if s not in ("ours", "trl")]
     if unknown or not chosen or not sides:
         raise PipelineError(f"unknown or empty --scenarios/--sides {unknown}; scenarios: {', '.join(available)}")
-    if "speed" in chosen and not (args.tokenizer / "tokenizer.json").exists():
+    if (
+        any(available[name].policy == RANDOM_MODEL for name in chosen)
+        and not (args.tokenizer / "tokenizer.json").exists()
+    ):
         raise PipelineError(
             f"{args.tokenizer} has no tokenizer.json: build the tiny base with "
             "`python -m pipeline.tiny_base --data data/demo --out build/tiny-base` or pass --tokenizer"

@@ -98,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--total_episodes", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--missing_eos_penalty", type=float, default=None)
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="dtype every model is loaded in (LoRA adapters stay float32, PEFT's default)",
+    )
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (trl's bf16 option)")
     return parser.parse_args(argv)
 
 
@@ -134,7 +141,7 @@ def load_prompts(path: Path, tokenizer, needed: int) -> Dataset:
 
 
 def build_config(args: argparse.Namespace, output_dir: str, use_cuda: bool) -> PPOConfig:
-    """trl 1.12's PPOConfig for this run: fp32, no eval, no saving, no sample generations, no reporting."""
+    """trl 1.12's PPOConfig for this run: no eval, saving, sample generations or reporting."""
     return PPOConfig(
         output_dir=output_dir,
         per_device_train_batch_size=args.per_device_train_batch_size,
@@ -152,7 +159,7 @@ def build_config(args: argparse.Namespace, output_dir: str, use_cuda: bool) -> P
         stop_token="eos",
         sft_model_path=args.policy,
         reward_model_path=args.reward,
-        bf16=False,
+        bf16=args.bf16,
         fp16=False,
         use_cpu=not use_cuda,
         gradient_checkpointing=False,
@@ -176,12 +183,11 @@ def run(args: argparse.Namespace) -> dict:
     dataset = load_prompts(args.prompts, tokenizer, local_batch)
 
     torch.manual_seed(args.seed)
-    policy = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32)
-    reward = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, dtype=torch.float32)
-    value = AutoModelForSequenceClassification.from_pretrained(
-        args.value or args.reward, num_labels=1, dtype=torch.float32
-    )
-    ref_policy = None if args.lora else AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32)
+    dtype = getattr(torch, args.dtype)
+    policy = AutoModelForCausalLM.from_pretrained(args.policy, dtype=dtype)
+    reward = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, dtype=dtype)
+    value = AutoModelForSequenceClassification.from_pretrained(args.value or args.reward, num_labels=1, dtype=dtype)
+    ref_policy = None if args.lora else AutoModelForCausalLM.from_pretrained(args.policy, dtype=dtype)
     peft_config = None
     if args.lora:  # LoRA dropout needs no setting: trl turns every dropout in the policy off
         targets = lora_targets(args.lora_target_modules)
@@ -219,7 +225,6 @@ def run(args: argparse.Namespace) -> dict:
             "episodes_per_update": config.batch_size,
             "updates": config.num_total_batches,
             "stop_token": config.stop_token,
-            "dtype": "float32",
         },
         "trainable_parameters": trainable,
         "records": recorder.records,

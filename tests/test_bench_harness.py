@@ -123,7 +123,7 @@ def _flag(command: list[str], name: str) -> str:
     return command[command.index(f"--{name}") + 1]
 
 
-@pytest.mark.parametrize("name", ["speed", "quality"])
+@pytest.mark.parametrize("name", ["speed", "speed-bf16", "quality"])
 def test_both_sides_get_the_same_settings(name):
     scenario = compare.scenarios()[name]
     ours = compare.ours_command(scenario, f"bench-{name}")
@@ -137,7 +137,7 @@ def test_both_sides_get_the_same_settings(name):
     assert _flag(ours, "lora_target_modules") == _flag(trl, "lora_target_modules")
 
 
-@pytest.mark.parametrize("name", ["speed", "quality"])
+@pytest.mark.parametrize("name", ["speed", "speed-bf16", "quality"])
 def test_both_sides_sample_and_step_alike(name):
     """Same episodes per update and minibatch size, under each implementation's own batch arithmetic."""
     scenario = compare.scenarios()[name]
