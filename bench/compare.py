@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.metrics import (
-    common_kl_grid,
-    moving_average,
-    rusage_maxrss_mb,
-    score_at_kl,
-    steady_episodes_per_second,
-)
+from bench.metrics import binned_scores, kl_bin_edges, rusage_maxrss_mb, steady_episodes_per_second
 from pipeline.errors import PipelineError, run_main
 from pipeline.runs import write_json_atomic
 
@@ -77,6 +74,10 @@ class Scenario:
     targets: bool = False
     # bf16 mixed precision on both sides (each implementation's own bf16 option).
     bf16: bool = False
+    # Ours only: the value adapter on the top N decoder layers (trl 1.12 has no such option; see the README).
+    value_adapter_layers: int | None = None
+    # One run per seed and side; figures are pooled over the seeds (see ``pool_runs``).
+    seeds: tuple[int, ...] = (0,)
 
 
 def scenarios() -> dict[str, Scenario]:
@@ -86,7 +87,6 @@ def scenarios() -> dict[str, Scenario]:
         "temperature": 0.7,
         "kl_coef": 0.05,
         "kl_estimator": "k1",
-        "seed": 0,
         "missing_eos_penalty": 1.0,
     }
     return {
@@ -110,6 +110,8 @@ def scenarios() -> dict[str, Scenario]:
                 eval_prompt_count=16,
                 targets=True,
                 bf16=dtype == "bfloat16",
+                value_adapter_layers=3,  # of 12
+                seeds=(0, 1, 2),  # a shared 2-core machine: the median of three runs
             )
             for name, dtype in (("speed", "float32"), ("speed-bf16", "bfloat16"))
         },
@@ -127,12 +129,18 @@ def scenarios() -> dict[str, Scenario]:
                 "learning_rate": 5e-4,
                 "total_episodes": 1024,
             },
+            value_adapter_layers=1,  # of the tiny base's 4
+            seeds=(0, 1, 2),  # single runs differ by about 0.15 in score at matched KL
         ),
     }
 
 
-# Our options whose trl 1.12 behaviour is fixed: set to that behaviour whatever the demo config says.
+# Our options whose trl 1.12 behaviour is fixed: set to that behaviour whatever the demo config says. Adam's epsilon
+# and gradient clipping too: trl 1.12 uses transformers' epsilon (1e-8) and never clips, while our config follows the
+# RLHF references (1e-5, clip at 1.0), which learns LoRA adapters more slowly in the first updates.
 OURS_AS_TRL112 = {
+    "adam_epsilon": 1e-8,
+    "max_grad_norm": 0,
     "kl_control": "fixed",
     "normalize_reward": "false",
     "whiten_rewards": "false",
@@ -180,8 +188,9 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def ours_command(scenario: Scenario, run: str) -> list[str]:
-    """Our PPO stage's command line; it writes runs/<run>/ppo/metrics.jsonl and summary.json."""
+def ours_command(scenario: Scenario, run: str, seed: int, extra: list[str] = ()) -> list[str]:
+    """Our PPO stage's command line, ``extra`` flags last (they override); it writes runs/<run>/ppo/metrics.jsonl and
+    summary.json."""
     return [
         sys.executable,
         "-m",
@@ -202,6 +211,7 @@ def ours_command(scenario: Scenario, run: str) -> list[str]:
         str(scenario.eval_prompt_count),
         *ours_batch_flags(scenario),
         *_setting_flags(scenario.settings),
+        *_setting_flags({"seed": seed}),
         *_setting_flags(OURS_AS_TRL112),
         "--value_model",
         "adapter",
@@ -209,10 +219,12 @@ def ours_command(scenario: Scenario, run: str) -> list[str]:
         "true",
         *_setting_flags(LORA),
         *(["--bf16", "true", *([] if cuda_available() else ["--use_cpu", "true"])] if scenario.bf16 else []),
+        *(["--value_adapter_layers", str(scenario.value_adapter_layers)] if scenario.value_adapter_layers else []),
+        *extra,
     ]
 
 
-def trl_command(scenario: Scenario, out: Path) -> list[str]:
+def trl_command(scenario: Scenario, out: Path, seed: int) -> list[str]:
     """trl 1.12.0's side (bench/trl112_ppo.py in the reference venv); value model = a copy of the reward model."""
     return [
         str(REFERENCE_PYTHON),
@@ -229,6 +241,7 @@ def trl_command(scenario: Scenario, out: Path) -> list[str]:
         LORA["lora_target_modules"],
         *trl_batch_flags(scenario),
         *_setting_flags(scenario.settings),
+        *_setting_flags({"seed": seed}),
         *(["--bf16"] if scenario.bf16 else []),
         "--out",
         str(out),
@@ -282,20 +295,23 @@ def read_trl(result: Path) -> dict:
     return data
 
 
-def run_side(side: str, scenario: Scenario) -> dict:
-    """Run one implementation on one scenario; the result carries ``error`` instead of numbers when it failed."""
-    log = OUT / "logs" / f"{scenario.name}-{side}.log"
+def run_side(side: str, scenario: Scenario, seed: int, ours_extra: list[str] = ()) -> dict:
+    """Run one implementation on one scenario with one seed; the result carries ``error`` instead of numbers when
+    it failed."""
+    tag = f"{scenario.name}-seed{seed}"
+    log = OUT / "logs" / f"{tag}-{side}.log"
     if side == "ours":
-        run = f"bench-{scenario.name}"
+        run = f"bench-{tag}"
         shutil.rmtree(ROOT / "runs" / run, ignore_errors=True)  # a complete stage would otherwise be skipped
-        measured = run_measured(ours_command(scenario, run), log)
+        measured = run_measured(ours_command(scenario, run, seed, ours_extra), log)
         reader, source = read_ours, ROOT / "runs" / run / "ppo"
     else:
-        source = OUT / f"{scenario.name}-trl112.json"
+        source = OUT / f"{tag}-trl112.json"
         source.unlink(missing_ok=True)
-        measured = run_measured(trl_command(scenario, source), log)
+        measured = run_measured(trl_command(scenario, source, seed), log)
         reader = read_trl
     result = {
+        "seed": seed,
         "wall_s": measured.wall_s,
         "peak_rss_mb": measured.peak_rss_mb,
         "load_average_before_after": measured.load,
@@ -317,33 +333,64 @@ def run_side(side: str, scenario: Scenario) -> dict:
     }
 
 
+def pool_runs(runs: list[dict]) -> dict:
+    """One side's figures over its seeds: median episodes/s and wall time, the largest peak memory, the per-update
+    records of every seed (for the score at matched KL), and the runs themselves; ``error`` if any run failed."""
+    errors = [run["error"] for run in runs if "error" in run]
+    if errors:
+        return {"runs": runs, "error": "; ".join(errors)}
+
+    def largest(key: str) -> float | None:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        return max(values) if values else None
+
+    rates = [run["episodes_per_second"] for run in runs if run["episodes_per_second"] is not None]
+    return {
+        "runs": runs,
+        "episodes_per_second": statistics.median(rates) if rates else None,
+        "wall_s": statistics.median(run["wall_s"] for run in runs),
+        "peak_rss_mb": largest("peak_rss_mb"),
+        "self_reported_peak_mb": largest("self_reported_peak_mb"),
+        "records": [record for run in runs for record in run["records"]],
+    }
+
+
 def ratio(ours: float | None, trl: float | None) -> float | None:
     """ours / trl, or None when either is missing or trl is zero."""
     return ours / trl if ours is not None and trl else None
 
 
-def matched_kl(ours: list[dict], trl: list[dict], window: int = 3, grid_points: int = 5) -> dict:
-    """Scores of both runs at matched KL, on per-update curves smoothed by a trailing mean over ``window`` updates.
+def matched_kl(ours: list[dict], trl: list[dict], width: float = 2.0, min_updates: int = 3) -> dict:
+    """Scores of both runs at matched KL: per KL bin of ``width`` nats over the range both runs covered, the mean
+    score of each run's updates whose KL fell in it (per-update curves are noisy and KL is not monotonic, so
+    updates are pooled by KL rather than read along the curve). Nothing is extrapolated.
 
-    Ours is read at trl's final KL and both on a grid over the KL range both runs covered; None where a run did
-    not reach a KL (nothing is extrapolated).
+    ``difference`` is ours - trl averaged over the bins where both runs have at least ``min_updates`` updates,
+    with its standard error.
     """
-    curves = {}
-    for name, records in (("ours", ours), ("trl", trl)):
-        curves[name] = (
-            moving_average([r["objective/kl"] for r in records], window),
-            moving_average([r["objective/scores"] for r in records], window),
-        )
-    trl_kl, trl_score = curves["trl"]
+    curves = {
+        name: ([r["objective/kl"] for r in records], [r["objective/scores"] for r in records])
+        for name, records in (("ours", ours), ("trl", trl))
+    }
+    edges = kl_bin_edges(curves["ours"][0], curves["trl"][0], width)
+    binned = {name: binned_scores(*curve, edges) for name, curve in curves.items()}
+    bins = []
+    for index, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        cells = {name: dict(zip(("mean", "stderr", "updates"), binned[name][index], strict=True)) for name in binned}
+        bins.append({"kl_low": low, "kl_high": high, **cells})
+    shared = [b for b in bins if min(b["ours"]["updates"], b["trl"]["updates"]) >= min_updates]
+    difference = stderr = None
+    if shared:
+        difference = sum(b["ours"]["mean"] - b["trl"]["mean"] for b in shared) / len(shared)
+        variance = sum(b["ours"]["stderr"] ** 2 + b["trl"]["stderr"] ** 2 for b in shared)
+        stderr = math.sqrt(variance) / len(shared)
     return {
-        "window": window,
-        "trl_final_kl": trl_kl[-1],
-        "trl_final_score": trl_score[-1],
-        "ours_score_at_trl_final_kl": score_at_kl(*curves["ours"], trl_kl[-1]),
-        "grid": [
-            {"kl": kl, **{name: score_at_kl(*curve, kl) for name, curve in curves.items()}}
-            for kl in common_kl_grid(curves["ours"][0], trl_kl, grid_points)
-        ],
+        "bin_width": width,
+        "min_updates": min_updates,
+        "bins": bins,
+        "shared_bins": len(shared),
+        "difference": difference,
+        "difference_stderr": stderr,
     }
 
 
@@ -388,30 +435,35 @@ def report(scenario: Scenario, sides: dict[str, dict]) -> tuple[str, dict]:
         _row("process wall time (s)", ours.get("wall_s"), trl.get("wall_s"), 1),
     ]
     loads = [
-        f"{name} {side['load_average_before_after'][0]:.1f}/{side['load_average_before_after'][1]:.1f}"
+        f"{name} {run['load_average_before_after'][0]:.1f}/{run['load_average_before_after'][1]:.1f}"
         for name, side in sides.items()
-        if "load_average_before_after" in side
+        for run in side.get("runs", [])
     ]
-    lines.append(f"load average before/after (other work on the machine skews timings): {', '.join(loads)}")
+    lines.append(f"load average before/after each run (other work on the machine skews timings): {', '.join(loads)}")
+    for name, side in sides.items():
+        for run in side.get("runs", []):
+            if run.get("records"):
+                first, last = run["records"][0], run["records"][-1]
+                lines.append(
+                    f"{name} seed {run['seed']}: score {first['objective/scores']:.3f} -> "
+                    f"{last['objective/scores']:.3f}, KL {first['objective/kl']:.3f} -> {last['objective/kl']:.3f} "
+                    f"over {len(run['records'])} updates"
+                )
     records = {name: side.get("records") for name, side in sides.items()}
-    for name in ("ours", "trl"):
-        if records.get(name):
-            first, last = records[name][0], records[name][-1]
-            lines.append(
-                f"{name}: score {first['objective/scores']:.3f} -> {last['objective/scores']:.3f}, "
-                f"KL {first['objective/kl']:.3f} -> {last['objective/kl']:.3f} over {len(records[name])} updates"
-            )
     if scenario.name == "quality" and records.get("ours") and records.get("trl"):
         matched = matched_kl(records["ours"], records["trl"])
         derived["matched_kl"] = matched
+        lines.append("score by KL bin (mean +- stderr over the updates whose KL fell in it, [updates]):")
+        for point in [b for b in matched["bins"] if b["ours"]["updates"] and b["trl"]["updates"]]:
+            cells = [
+                f"{name} {_cell(cell['mean'], 3)} +- {_cell(cell['stderr'], 3)} [{cell['updates']}]"
+                for name, cell in ((name, point[name]) for name in ("ours", "trl"))
+            ]
+            lines.append(f"  KL {point['kl_low']:>5.1f}-{point['kl_high']:<5.1f} " + ", ".join(cells))
+        shared = f"the {matched['shared_bins']} bins with >= {matched['min_updates']} updates on both sides"
         lines.append(
-            f"score at trl's final KL {matched['trl_final_kl']:.3f} (mean of last {matched['window']} updates): "
-            f"ours {_cell(matched['ours_score_at_trl_final_kl'], 3)}, trl {matched['trl_final_score']:.3f}"
+            f"ours - trl over {shared}: {_cell(matched['difference'], 3)} +- {_cell(matched['difference_stderr'], 3)}"
         )
-        lines += [
-            f"  KL {point['kl']:.3f}: ours {_cell(point['ours'], 3)}, trl {_cell(point['trl'], 3)}"
-            for point in matched["grid"]
-        ]
     return "\n".join(lines), derived
 
 
@@ -446,6 +498,12 @@ def main(argv: list[str] | None = None) -> None:
         "--scenarios", default="speed,speed-bf16,quality", help="comma-separated: speed, speed-bf16, quality"
     )
     parser.add_argument("--sides", default="ours,trl", help="comma-separated: ours, trl")
+    parser.add_argument("--seeds", help="comma-separated seeds, one run each (default: the scenario's own)")
+    parser.add_argument(
+        "--ours_extra",
+        default="",
+        help="extra flags for our stage, appended last so they override (e.g. '--value_adapter_layers 0')",
+    )
     parser.add_argument(
         "--tokenizer", type=Path, default=TOKENIZER, help="tokenizer folder for the speed scenario's random model"
     )
@@ -472,7 +530,11 @@ def main(argv: list[str] | None = None) -> None:
     failed = False
     for name in chosen:
         scenario = available[name]
-        results = {side: run_side(side, scenario) for side in sides}
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else list(scenario.seeds)
+        results = {
+            side: pool_runs([run_side(side, scenario, seed, shlex.split(args.ours_extra)) for seed in seeds])
+            for side in sides
+        }
         table, derived = report(scenario, results)
         print(table, flush=True)
         write_json_atomic(
@@ -484,6 +546,10 @@ def main(argv: list[str] | None = None) -> None:
                 "reward": str(scenario.reward),
                 "prompts": str(scenario.prompts),
                 "settings": scenario.settings,
+                "seeds": seeds,
+                "ours_value_adapter_layers": scenario.value_adapter_layers,
+                "ours_extra": args.ours_extra,
+                "bf16": scenario.bf16,
                 "episodes_per_update": scenario.episodes_per_update,
                 "num_mini_batches": scenario.num_mini_batches,
                 "lora": LORA,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import resource
+import statistics
 import sys
-from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 
 
@@ -45,47 +46,28 @@ def steady_episodes_per_second(records: Sequence[Mapping[str, float]]) -> float 
     return episodes / seconds if seconds > 0 else None
 
 
-def moving_average(values: Sequence[float], window: int) -> list[float]:
-    """Trailing mean over the last ``window`` values (fewer at the start), same length as ``values``."""
-    if window < 1:
-        raise ValueError("window must be >= 1")
-    averaged = []
-    for index in range(len(values)):
-        chunk = values[max(0, index - window + 1) : index + 1]
-        averaged.append(sum(chunk) / len(chunk))
-    return averaged
+def kl_bin_edges(kls_a: Sequence[float], kls_b: Sequence[float], width: float) -> list[float]:
+    """Edges of ``width``-wide KL bins, on multiples of ``width``, over the KL range both runs covered (empty when
+    the ranges do not overlap)."""
+    low, high = max(min(kls_a), min(kls_b)), min(max(kls_a), max(kls_b))
+    if width <= 0 or low > high:
+        return []
+    first, last = math.floor(low / width), math.floor(high / width) + 1
+    return [index * width for index in range(first, last + 1)]
 
 
-def score_at_kl(kls: Sequence[float], scores: Sequence[float], target_kl: float) -> float | None:
-    """A run's score linearly interpolated at ``target_kl`` along its (KL, score) points ordered by KL.
-
-    Points with equal KL are averaged. Returns None when ``target_kl`` lies outside the run's KL range:
-    a score is never extrapolated.
-    """
+def binned_scores(
+    kls: Sequence[float], scores: Sequence[float], edges: Sequence[float]
+) -> list[tuple[float | None, float | None, int]]:
+    """Per KL bin ``[edges[i], edges[i + 1])``: (mean score, its standard error, number of updates) of the updates
+    whose KL falls in it; the mean is None for an empty bin and the standard error None below two updates."""
     if len(kls) != len(scores):
         raise ValueError(f"{len(kls)} KL values but {len(scores)} scores")
-    by_kl: dict[float, list[float]] = {}
-    for kl, score in zip(kls, scores, strict=True):
-        by_kl.setdefault(float(kl), []).append(float(score))
-    xs = sorted(by_kl)
-    ys = [sum(by_kl[x]) / len(by_kl[x]) for x in xs]
-    if not xs or not xs[0] <= target_kl <= xs[-1]:
-        return None
-    right = bisect_left(xs, target_kl)
-    if xs[right] == target_kl:
-        return ys[right]
-    left = right - 1
-    fraction = (target_kl - xs[left]) / (xs[right] - xs[left])
-    return ys[left] + fraction * (ys[right] - ys[left])
-
-
-def common_kl_grid(kls_a: Sequence[float], kls_b: Sequence[float], points: int) -> list[float]:
-    """``points`` evenly spaced KL values over the range both runs covered; empty when the ranges do not overlap."""
-    low = max(min(kls_a), min(kls_b))
-    high = min(max(kls_a), max(kls_b))
-    if points < 1 or low > high:
-        return []
-    if points == 1 or low == high:
-        return [high]
-    step = (high - low) / (points - 1)
-    return [low + index * step for index in range(points)]
+    binned = []
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = [float(s) for kl, s in zip(kls, scores, strict=True) if low <= kl < high]
+        count = len(inside)
+        mean = sum(inside) / count if count else None
+        stderr = statistics.stdev(inside) / math.sqrt(count) if count > 1 else None
+        binned.append((mean, stderr, count))
+    return binned

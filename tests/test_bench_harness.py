@@ -13,14 +13,15 @@ from transformers import AutoConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from bench import compare
 from bench.metrics import (
-    common_kl_grid,
-    moving_average,
-    score_at_kl,
+    binned_scores,
+    kl_bin_edges,
     steady_episodes_per_second,
     update_times,
 )
 from bench.random_model import build_random_models, llama_config, llama_param_count, parse_param_count
+from pipeline.config import DataArguments, RunArguments, parse_config
 from pipeline.errors import PipelineError
+from stages.ppo.config import PPOConfig, PPOModelArguments
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,27 +41,20 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def test_score_at_kl_interpolates_between_the_points_around_the_target():
-    # Unordered in time, as KL is along a real run: the points are ordered by KL first.
-    assert score_at_kl([0.0, 2.0, 1.0], [0.0, 4.0, 1.0], 1.5) == pytest.approx(2.5)
-    assert score_at_kl([0.0, 2.0, 1.0], [0.0, 4.0, 1.0], 2.0) == pytest.approx(4.0)
-    assert score_at_kl([0.0, 1.0, 1.0, 3.0], [0.0, 1.0, 3.0, 2.0], 1.0) == pytest.approx(2.0)  # ties averaged
+def test_kl_bin_edges_cover_the_overlap_on_multiples_of_the_width():
+    assert kl_bin_edges([0.5, 3.0, 9.0], [2.5, 6.1], 2.0) == pytest.approx([2.0, 4.0, 6.0, 8.0])
+    assert kl_bin_edges([0.0, 1.0], [2.0, 3.0], 2.0) == []
 
 
-def test_score_at_kl_never_extrapolates():
-    assert score_at_kl([0.1, 0.5], [1.0, 2.0], 0.6) is None
-    assert score_at_kl([0.1, 0.5], [1.0, 2.0], 0.05) is None
+def test_binned_scores_pool_updates_by_kl_whatever_their_order():
+    # Unordered in time, as KL is along a real run.
+    binned = binned_scores([3.0, 0.5, 1.5, 0.0, 3.9], [5.0, 1.0, 2.0, 3.0, 7.0], [0.0, 2.0, 4.0, 6.0])
+    assert binned[0][0] == pytest.approx(2.0) and binned[0][2] == 3
+    assert binned[0][1] == pytest.approx(1.0 / 3**0.5)  # stdev 1 over 3 updates
+    assert binned[1][:1] == pytest.approx((6.0,)) and binned[1][2] == 2
+    assert binned[2] == (None, None, 0)
     with pytest.raises(ValueError, match="2 KL values but 1 scores"):
-        score_at_kl([0.1, 0.5], [1.0], 0.2)
-
-
-def test_common_kl_grid_spans_the_overlap_only():
-    assert common_kl_grid([0.0, 1.0, 4.0], [2.0, 6.0], 3) == pytest.approx([2.0, 3.0, 4.0])
-    assert common_kl_grid([0.0, 1.0], [2.0, 3.0], 3) == []
-
-
-def test_moving_average_is_trailing():
-    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == pytest.approx([1.0, 2.0, 4.0, 6.0])
+        binned_scores([0.1, 0.5], [1.0], [0.0, 1.0])
 
 
 def test_steady_rate_skips_the_first_update():
@@ -79,14 +73,17 @@ def test_update_times_fall_back_to_cumulative_eps():
         update_times([{"episode": 8, "eps": 0}])
 
 
-def test_matched_kl_reads_ours_at_trls_final_kl():
-    trl = [{"objective/kl": kl, "objective/scores": kl} for kl in (0.0, 1.0, 2.0)]
-    ours = [{"objective/kl": kl, "objective/scores": 2 * kl} for kl in (0.0, 2.0, 4.0)]
-    matched = compare.matched_kl(ours, trl, window=1, grid_points=3)
-    assert matched["trl_final_kl"] == pytest.approx(2.0)
-    assert matched["ours_score_at_trl_final_kl"] == pytest.approx(4.0)
-    assert [point["kl"] for point in matched["grid"]] == pytest.approx([0.0, 1.0, 2.0])
-    assert [point["trl"] for point in matched["grid"]] == pytest.approx([0.0, 1.0, 2.0])
+def test_matched_kl_compares_bins_both_runs_fill():
+    trl = [{"objective/kl": kl, "objective/scores": 1.0 + 0.1 * (i % 2)} for i, kl in enumerate([0.5] * 4 + [2.5] * 4)]
+    ours = [{"objective/kl": kl, "objective/scores": 1.5 + 0.1 * (i % 2)} for i, kl in enumerate([0.4] * 4 + [5.0])]
+    matched = compare.matched_kl(ours, trl, width=2.0, min_updates=3)
+    assert [(b["kl_low"], b["ours"]["updates"], b["trl"]["updates"]) for b in matched["bins"]] == [
+        (0.0, 4, 4),
+        (2.0, 0, 4),
+    ]
+    assert matched["shared_bins"] == 1
+    assert matched["difference"] == pytest.approx(0.5)
+    assert matched["difference_stderr"] > 0
 
 
 def test_parse_param_count():
@@ -126,10 +123,11 @@ def _flag(command: list[str], name: str) -> str:
 @pytest.mark.parametrize("name", ["speed", "speed-bf16", "quality"])
 def test_both_sides_get_the_same_settings(name):
     scenario = compare.scenarios()[name]
-    ours = compare.ours_command(scenario, f"bench-{name}")
-    trl = compare.trl_command(scenario, Path("out.json"))
-    for key, value in scenario.settings.items():
+    ours = compare.ours_command(scenario, f"bench-{name}", seed=7)
+    trl = compare.trl_command(scenario, Path("out.json"), seed=7)
+    for key, value in {**scenario.settings, "seed": 7}.items():
         assert _flag(ours, key) == _flag(trl, key) == str(value), key
+    assert ("--bf16" in trl) == scenario.bf16 and (_flag(ours, "bf16") == "true" if scenario.bf16 else True)
     assert _flag(ours, "sft_model_path") == _flag(trl, "policy")
     assert _flag(ours, "reward_model_path") == _flag(trl, "reward")
     assert _flag(ours, "dataset_name") == _flag(trl, "prompts")
@@ -187,3 +185,24 @@ def test_trl112_side_runs_and_reports(tokenizer_dir, tmp_path):
     assert [record["episode"] for record in result["records"]] == [4, 8, 12]
     assert result["episodes_per_second"] > 0 and result["peak_rss_mb"] > 100
     assert result["config"]["lora_r"] == 16 and result["versions"]["trl"] == "1.12.0"
+
+
+def test_ours_extra_flags_come_last_and_win():
+    scenario = compare.scenarios()["speed"]
+    command = compare.ours_command(scenario, "bench-speed", 0, ["--value_adapter_layers", "0"])
+    assert _flag(command, "value_adapter_layers") == str(scenario.value_adapter_layers)
+    assert command[-2:] == ["--value_adapter_layers", "0"]
+    _, _, ppo_args, _ = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
+    assert ppo_args.value_adapter_layers == 0 and ppo_args.value_model == "adapter"
+
+
+def test_pool_runs_takes_medians_the_largest_peak_and_every_record():
+    runs = [
+        {"seed": s, "wall_s": w, "peak_rss_mb": m, "episodes_per_second": e, "records": [{"step": s}]}
+        for s, w, m, e in ((0, 10.0, 500.0, 2.0), (1, 30.0, 700.0, 1.0), (2, 20.0, 600.0, 4.0))
+    ]
+    pooled = compare.pool_runs(runs)
+    assert pooled["episodes_per_second"] == 2.0 and pooled["wall_s"] == 20.0 and pooled["peak_rss_mb"] == 700.0
+    assert [r["step"] for r in pooled["records"]] == [0, 1, 2]
+    failed = compare.pool_runs([*runs[:2], {"seed": 2, "error": "exit code 1"}])
+    assert failed["error"] == "exit code 1" and len(failed["runs"]) == 3
