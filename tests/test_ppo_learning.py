@@ -1,10 +1,12 @@
 """PPO learns: a tiny SFT policy, rewarded for saying "I" (tests.rewards_for_tests:count_i), says it clearly more
-within 16 updates, in both value layouts, with KL bounded; a large KL coefficient keeps it at the reference.
+within 16 updates, in both value layouts (the adapter one with the value adapter on every layer or the top
+layer only), with KL bounded; a large KL coefficient keeps it at the reference.
 
 Thresholds come from runs with seeds 0-3 (16 updates of 16 episodes, response length 12):
 score mean of the first 3 updates 0.50-0.67, of the last 3 updates 2.79-4.94 (gain 2.19-4.29);
 objective/kl peaked at 7.9-19.6; with kl_coef 5 the score stayed flat and |objective/kl| <= 0.68
-(mean |kl| over the updates 0.11-0.22).
+(mean |kl| over the updates 0.11-0.22). With the value adapter on the top layer only (value_adapter_layers 1,
+seeds 0-3): gain 2.25-2.60, KL peak 8.1-12.0.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def first_and_last(records: list[dict], key: str, n: int = 3) -> tuple[float, fl
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
-@pytest.mark.parametrize(("layout", "value_adapter_layers"), [("adapter", None), ("adapter", 1), ("separate", None)])
+@pytest.mark.parametrize(("layout", "value_adapter_layers"), [("adapter", 0), ("adapter", 1), ("separate", None)])
 def test_score_rises_with_bounded_kl(sft_model, reward_model, tmp_path, layout, value_adapter_layers):
     options = {"value_model": layout, "value_adapter_layers": value_adapter_layers, **LEARNING}
     records = run_ppo(ppo_argv(tmp_path, "r", sft_model, reward_model_path=reward_model, **options))
