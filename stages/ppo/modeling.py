@@ -29,6 +29,17 @@ def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - attention_mask).long()
 
 
+def last_logits(model, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
+    """A causal LM's logits for the last ``keep`` positions, without building a KV cache."""
+    return model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=keep,
+        use_cache=False,
+    ).logits
+
+
 def trunk_of(model: PreTrainedModel | PeftModel) -> nn.Module:
     """The transformer body (no LM or classification head); LoRA layers injected in it stay active."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -176,13 +187,7 @@ class PolicyAndValue(nn.Module):
     def policy_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
         """Policy logits for the last ``keep`` positions (recording the value pass's input when it needs one)."""
         with self._upper.capturing() if self._upper is not None else nullcontext():
-            return self.policy(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                logits_to_keep=keep,
-                use_cache=False,
-            ).logits
+            return last_logits(self.policy, input_ids, attention_mask, position_ids, keep)
 
     @property
     def frozen_reference(self) -> PreTrainedModel | None:
@@ -206,13 +211,7 @@ class PolicyAndValue(nn.Module):
     def reference_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
         """Logits of the reference (SFT) policy for the last ``keep`` positions."""
         with self.reference_policy() as reference:
-            return reference(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                logits_to_keep=keep,
-                use_cache=False,
-            ).logits
+            return last_logits(reference, input_ids, attention_mask, position_ids, keep)
 
     def forward(
         self, input_ids, attention_mask, position_ids, keep: int, part: str = "both"
