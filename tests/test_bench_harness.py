@@ -176,15 +176,17 @@ def test_trl112_side_runs_and_reports(tokenizer_dir, tmp_path):
         prompts=prompts,
         episodes_per_update=4,
         num_mini_batches=2,
-        settings={"response_length": 8, "total_episodes": 12, "num_ppo_epochs": 1},
+        settings={"response_length": 8, "total_episodes": 12, "num_ppo_epochs": 1, "dtype": "bfloat16"},
+        bf16=True,
     )
     out = tmp_path / "result.json"
-    measured = compare.run_measured(compare.trl_command(scenario, out), tmp_path / "trl.log")
+    measured = compare.run_measured(compare.trl_command(scenario, out, seed=3), tmp_path / "trl.log")
     assert measured.returncode == 0, (tmp_path / "trl.log").read_text()[-3000:]
     result = json.loads(out.read_text())
     assert [record["episode"] for record in result["records"]] == [4, 8, 12]
     assert result["episodes_per_second"] > 0 and result["peak_rss_mb"] > 100
     assert result["config"]["lora_r"] == 16 and result["versions"]["trl"] == "1.12.0"
+    assert result["config"]["seed"] == 3 and result["config"]["dtype"] == "bfloat16" and result["config"]["bf16"]
 
 
 def test_ours_extra_flags_come_last_and_win():
