@@ -46,6 +46,13 @@ def trunk_of(model: PreTrainedModel | PeftModel) -> nn.Module:
     return getattr(base, base.base_model_prefix)
 
 
+def last_hidden(model: PreTrainedModel | PeftModel, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    """The body's last hidden states at every position (active LoRA layers included), without a KV cache."""
+    return trunk_of(model)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+
+
 class ValueHead(nn.Module):
     """A scalar value per position from the last hidden state, zero-initialized (values start at 0)."""
 
@@ -173,15 +180,11 @@ class PolicyAndValue(nn.Module):
                 if self._upper is not None:
                     hidden = self._upper.run()
                 else:
-                    hidden = trunk_of(self.policy)(
-                        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-                    ).last_hidden_state
+                    hidden = last_hidden(self.policy, input_ids, attention_mask, position_ids)
             finally:
                 self._use_adapter(POLICY_ADAPTER)
             return self.value_head(hidden[:, -keep:])
-        hidden = trunk_of(self.value_model)(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        hidden = last_hidden(self.value_model, input_ids, attention_mask, position_ids)
         return self.value_model.score(hidden[:, -keep:]).squeeze(-1).float()
 
     def policy_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
