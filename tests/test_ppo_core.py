@@ -16,6 +16,7 @@ from stages.ppo.core import (
     value_loss,
 )
 from stages.ppo.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
+from stages.ppo.rollout import token_logprobs
 
 EOS, PAD = 2, 0
 
@@ -317,3 +318,13 @@ def test_adaptive_kl_controller_needs_positive_target(kind, target, match):
 def test_unknown_kl_controller_kind():
     with pytest.raises(ValueError, match="fixed, adaptive"):
         make_kl_controller("pid", 0.2, 6.0, 10000)
+
+
+def test_token_logprobs_of_bf16_logits_are_float32_and_close_to_the_float32_ones():
+    logits = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(0)) * 4
+    tokens = torch.randint(0, 40, (3, 5), generator=torch.Generator().manual_seed(1))
+    rounded = logits.bfloat16()
+    from_bf16 = token_logprobs(rounded, tokens, temperature=0.7)
+    assert from_bf16.dtype == torch.float32
+    expected = torch.log_softmax(rounded.float() / 0.7, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(from_bf16, expected, atol=1e-5, rtol=1e-5)

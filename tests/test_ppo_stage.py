@@ -88,6 +88,22 @@ def test_adapter_layout_trains_both_adapters_and_head_not_the_base(sft_model, tm
     assert base and all(n.startswith("policy.") and "lora_" not in n for n in base)
 
 
+def test_saved_merged_policy_is_the_base_plus_the_policy_adapter_only(sft_model, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_ppo(ppo_argv(tmp_path, "r", sft_model, learning_rate=1e-2, total_episodes=16))
+    final = tmp_path / "r" / "ppo"
+    ids = torch.randint(3, 200, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(final / "model")(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(sft_model)
+        sft = base(input_ids=ids).logits
+        with_adapter = PeftModel.from_pretrained(base, final / "adapter")(input_ids=ids).logits
+    assert (merged - sft).abs().max() > 1e-3, "training changed nothing, so the check below proves nothing"
+    torch.testing.assert_close(merged, with_adapter, atol=1e-4, rtol=1e-4)
+
+
 def test_separate_value_model_from_a_reward_model_folder(sft_model, reward_model, tmp_path, recording):
     records = run_ppo(
         ppo_argv(tmp_path, "r", sft_model, value_model="separate", reward_model_path=reward_model, total_episodes=16)
