@@ -135,8 +135,11 @@ class StageDir:
         self.work.mkdir(parents=True, exist_ok=True)
         return self.work
 
-    def write_manifest(self, configs: dict[str, Any], inputs: dict[str, str | Path], started: float) -> None:
-        """Record the resolved config, the inputs with content hashes, versions and the git revision."""
+    def write_manifest(self, configs: dict[str, Any], inputs: dict[str, str | Path | None], started: float) -> None:
+        """Record the resolved config, the inputs with content hashes, versions and the git revision.
+
+        An input given as None or "" is one the stage does not use: it is left out (``Path("")`` is the current
+        folder, which must not be hashed)."""
         from pipeline.config import to_jsonable
 
         manifest = {
@@ -148,6 +151,7 @@ class StageDir:
             "inputs": {
                 name: {"path": str(path), "sha256": content_hash(Path(path)) if Path(path).exists() else None}
                 for name, path in inputs.items()
+                if path
             },
             "versions": package_versions(),
             "git_revision": git_revision(),

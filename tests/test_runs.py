@@ -62,6 +62,20 @@ def test_file_hash_is_what_sha256sum_prints_and_folder_hash_sees_names(tmp_path:
     assert content_hash(tmp_path / "a") != before
 
 
+def test_manifest_leaves_out_unused_inputs_instead_of_hashing_the_current_folder(tmp_path, monkeypatch) -> None:
+    data = tmp_path / "rows.jsonl"
+    data.write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    hashed = []
+    monkeypatch.setattr(runs, "content_hash", lambda path: hashed.append(Path(path)) or "h")
+    stage = StageDir(tmp_path, "demo", "ppo")
+    stage.start()
+    stage.write_manifest({}, {"dataset": data, "reward_model": "", "eval_dataset": None}, time.time())
+    manifest = json.loads((stage.work / "manifest.json").read_text())
+    assert manifest["inputs"] == {"dataset": {"path": str(data), "sha256": "h"}}
+    assert hashed == [data]
+
+
 def test_finish_replaces_the_previous_stage_whole(tmp_path: Path) -> None:
     stage = StageDir(tmp_path, "demo", "sft")
     (stage.start() / "old.txt").write_text("old")
