@@ -5,6 +5,7 @@ import torch
 
 from stages.ppo.core import (
     entropy_bonus,
+    explained_variance,
     gae_advantages,
     kl_estimate,
     masked_mean,
@@ -52,6 +53,17 @@ def test_masked_var_biased_and_unbiased():
     assert_close(masked_var(values, mask), 4.0)
     # a single entry has no spread: 0, not a division by zero
     assert_close(masked_var(t([[5.0, 1.0]]), t([[1, 0]])), 0.0)
+
+
+def test_explained_variance_by_hand():
+    returns = t([[1.0, 3.0, 99.0], [5.0, 7.0, -4.0]])
+    mask = t([[1, 1, 0], [1, 1, 0]])
+    # Masked returns 1, 3, 5, 7: variance 5. Values off by +1, -1, +1, -1: residual variance 1.
+    assert_close(explained_variance(t([[0.0, 4.0, 0.0], [4.0, 8.0, 0.0]]), returns, mask), 1 - 1 / 5)
+    assert_close(explained_variance(returns, returns, mask), 1.0)
+    # A constant critic explains nothing; constant returns give 0, not a division by zero.
+    assert_close(explained_variance(torch.full_like(returns, 2.0), returns, mask), 0.0)
+    assert_close(explained_variance(returns, torch.ones_like(returns), mask), 0.0)
 
 
 def test_masked_whiten_by_hand():

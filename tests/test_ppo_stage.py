@@ -65,11 +65,14 @@ def test_run_folder_and_first_minibatch_sanity(sft_model, tmp_path):
         "value/value_head.safetensors",
     ):
         assert (final / required).is_file(), required
-    assert (final / "plots" / "score.png").is_file() and (final / "plots" / "kl.png").is_file()
+    for plot in ("score", "kl", "critic"):
+        assert (final / "plots" / f"{plot}.png").is_file(), plot
     samples = read_metrics(final / "samples.jsonl")
     assert {s["update"] for s in samples} == {1, 2, 3} and all("gold_score" in s for s in samples)
     for name in ("objective/kl", "objective/scores", "objective/rlhf_reward", "loss/policy_avg", "loss/value_avg"):
         assert all(name in r for r in records), name
+    # The critic starts at 0 (zero-initialized head), so it explains none of the first rollout's returns.
+    assert records[0]["val/explained_variance"] == 0.0
 
 
 def test_adapter_layout_trains_both_adapters_and_head_not_the_base(sft_model, tmp_path, recording):

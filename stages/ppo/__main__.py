@@ -30,6 +30,7 @@ PLOTS = {
     "kl": ["objective/kl"],
     "beta": ["objective/kl_coef"],
     "losses": ["loss/policy_avg", "loss/value_avg"],
+    "critic": ["val/explained_variance"],
     "response_length": ["val/response_length"],
     "clipfrac": ["policy/clipfrac_avg", "val/clipfrac_avg"],
     "approxkl": ["policy/approxkl_avg"],

@@ -46,6 +46,15 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True) -> Tens
     return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
 
 
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """``1 - Var(returns - values) / Var(returns)`` over the masked entries: how much of the return the critic
+    predicts (1 perfect, 0 no better than a constant, negative worse). Constant returns give 0."""
+    returns_var = masked_var(returns, mask, unbiased=False)
+    residual_var = masked_var(returns - values, mask, unbiased=False)
+    explained = 1 - residual_var / returns_var.clamp(min=WHITEN_EPS)
+    return torch.where(returns_var > 0, explained, torch.zeros_like(explained))
+
+
 def truncate_after_eos(
     responses: Tensor, eos_token_id: int | list[int], pad_token_id: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

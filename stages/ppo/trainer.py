@@ -31,6 +31,7 @@ from pipeline.runs import METRICS
 from stages.ppo.config import PPOConfig
 from stages.ppo.core import (
     entropy_bonus,
+    explained_variance,
     gae_advantages,
     kl_estimate,
     masked_mean,
@@ -352,6 +353,7 @@ class PPOTrainer(Trainer):
             "val/response_length": mask.sum(1).float().mean(),
             "val/advantage_mean": masked_mean(rollout.advantages, mask),
             "val/value_mean": masked_mean(rollout.values, mask),
+            "val/explained_variance": explained_variance(rollout.values, rollout.returns, mask),
         }
         if gold is not None:
             values["objective/gold_scores"] = gold.float().mean()
