@@ -9,7 +9,8 @@ Scenarios:
               episodes/s, memory
   speed-bf16  the same models loaded in bfloat16, with bf16 mixed precision, on both sides (LoRA adapters
               stay float32)
-  quality     the demo's SFT policy and reward model: score reached at matched KL to the reference
+  quality     the demo's SFT policy and reward model: score reached at matched KL to the reference, ours
+              in the one-base layout and with a separate value model (ours-separate)
 Results go to runs/bench/<scenario>.json, child logs to runs/bench/logs/.
 """
 
@@ -78,6 +79,8 @@ class Scenario:
     value_adapter_layers: int | None = None
     # One run per seed and side; figures are pooled over the seeds (see ``pool_runs``).
     seeds: tuple[int, ...] = (0,)
+    # Further runs of ours with these flags added, each reported as its own side against trl (e.g. another layout).
+    ours_variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def scenarios() -> dict[str, Scenario]:
@@ -131,6 +134,8 @@ def scenarios() -> dict[str, Scenario]:
             },
             value_adapter_layers=1,  # of the tiny base's 4
             seeds=(0, 1, 2),  # single runs differ by about 0.15 in score at matched KL
+            # The critic initialized from the reward model, as trl 1.12's (a LoRA adapter on a copy of it).
+            ours_variants={"ours-separate": ("--value_model", "separate")},
         ),
     }
 
@@ -224,8 +229,9 @@ def ours_command(scenario: Scenario, run: str, seed: int, extra: list[str] = ())
     ]
 
 
-def trl_command(scenario: Scenario, out: Path, seed: int) -> list[str]:
-    """trl 1.12.0's side (bench/trl112_ppo.py in the reference venv); value model = a copy of the reward model."""
+def trl_command(scenario: Scenario, out: Path, seed: int, extra: list[str] = ()) -> list[str]:
+    """trl 1.12.0's side (bench/trl112_ppo.py in the reference venv), ``extra`` flags last (they override); value
+    model = a copy of the reward model unless ``extra`` names another with ``--value``."""
     return [
         str(REFERENCE_PYTHON),
         "-m",
@@ -245,6 +251,7 @@ def trl_command(scenario: Scenario, out: Path, seed: int) -> list[str]:
         *(["--bf16"] if scenario.bf16 else []),
         "--out",
         str(out),
+        *extra,
     ]
 
 
@@ -295,20 +302,20 @@ def read_trl(result: Path) -> dict:
     return data
 
 
-def run_side(side: str, scenario: Scenario, seed: int, ours_extra: list[str] = ()) -> dict:
+def run_side(side: str, scenario: Scenario, seed: int, extra: list[str] = (), variant: str | None = None) -> dict:
     """Run one implementation on one scenario with one seed; the result carries ``error`` instead of numbers when
-    it failed."""
+    it failed. A ``variant`` of ours gets its own run folder and log."""
     tag = f"{scenario.name}-seed{seed}"
-    log = OUT / "logs" / f"{tag}-{side}.log"
+    log = OUT / "logs" / f"{tag}-{variant or side}.log"
     if side == "ours":
-        run = f"bench-{tag}"
+        run = f"bench-{tag}" + (f"-{variant}" if variant else "")
         shutil.rmtree(ROOT / "runs" / run, ignore_errors=True)  # a complete stage would otherwise be skipped
-        measured = run_measured(ours_command(scenario, run, seed, ours_extra), log)
+        measured = run_measured(ours_command(scenario, run, seed, extra), log)
         reader, source = read_ours, ROOT / "runs" / run / "ppo"
     else:
         source = OUT / f"{tag}-trl112.json"
         source.unlink(missing_ok=True)
-        measured = run_measured(trl_command(scenario, source, seed), log)
+        measured = run_measured(trl_command(scenario, source, seed, extra), log)
         reader = read_trl
     result = {
         "seed": seed,
@@ -450,21 +457,26 @@ def report(scenario: Scenario, sides: dict[str, dict]) -> tuple[str, dict]:
                     f"over {len(run['records'])} updates"
                 )
     records = {name: side.get("records") for name, side in sides.items()}
-    if scenario.name == "quality" and records.get("ours") and records.get("trl"):
-        matched = matched_kl(records["ours"], records["trl"])
-        derived["matched_kl"] = matched
-        lines.append("score by KL bin (mean +- stderr over the updates whose KL fell in it, [updates]):")
-        for point in [b for b in matched["bins"] if b["ours"]["updates"] and b["trl"]["updates"]]:
-            cells = [
-                f"{name} {_cell(cell['mean'], 3)} +- {_cell(cell['stderr'], 3)} [{cell['updates']}]"
-                for name, cell in ((name, point[name]) for name in ("ours", "trl"))
-            ]
-            lines.append(f"  KL {point['kl_low']:>5.1f}-{point['kl_high']:<5.1f} " + ", ".join(cells))
-        shared = f"the {matched['shared_bins']} bins with >= {matched['min_updates']} updates on both sides"
-        lines.append(
-            f"ours - trl over {shared}: {_cell(matched['difference'], 3)} +- {_cell(matched['difference_stderr'], 3)}"
-        )
+    if scenario.name == "quality" and records.get("trl"):
+        for name in [name for name in records if name.startswith("ours") and records[name]]:
+            matched = matched_kl(records[name], records["trl"])
+            derived["matched_kl" if name == "ours" else f"matched_kl_{name}"] = matched
+            lines += matched_kl_lines(name, matched)
     return "\n".join(lines), derived
+
+
+def matched_kl_lines(name: str, matched: dict) -> list[str]:
+    """The printed bins and difference of one ``matched_kl`` result (``name`` is our side's label)."""
+    lines = [f"{name}: score by KL bin (mean +- stderr over the updates whose KL fell in it, [updates]):"]
+    for point in [b for b in matched["bins"] if b["ours"]["updates"] and b["trl"]["updates"]]:
+        cells = [
+            f"{label} {_cell(cell['mean'], 3)} +- {_cell(cell['stderr'], 3)} [{cell['updates']}]"
+            for label, cell in ((name, point["ours"]), ("trl", point["trl"]))
+        ]
+        lines.append(f"  KL {point['kl_low']:>5.1f}-{point['kl_high']:<5.1f} " + ", ".join(cells))
+    shared = f"the {matched['shared_bins']} bins with >= {matched['min_updates']} updates on both sides"
+    difference = f"{_cell(matched['difference'], 3)} +- {_cell(matched['difference_stderr'], 3)}"
+    return [*lines, f"{name} - trl over {shared}: {difference}"]
 
 
 def ensure_inputs(scenario: Scenario, tokenizer: Path) -> None:
@@ -505,6 +517,12 @@ def main(argv: list[str] | None = None) -> None:
         help="extra flags for our stage, appended last so they override (e.g. '--value_adapter_layers 0')",
     )
     parser.add_argument(
+        "--trl_extra",
+        default="",
+        help="extra flags for bench/trl112_ppo.py, appended last (e.g. '--value runs/demo/sft/model': a value model "
+        "initialized from the policy instead of the reward model)",
+    )
+    parser.add_argument(
         "--tokenizer", type=Path, default=TOKENIZER, help="tokenizer folder for the speed scenario's random model"
     )
     args = parser.parse_args(argv)
@@ -531,10 +549,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in chosen:
         scenario = available[name]
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else list(scenario.seeds)
-        results = {
-            side: pool_runs([run_side(side, scenario, seed, shlex.split(args.ours_extra)) for seed in seeds])
-            for side in sides
-        }
+        extra = {"ours": shlex.split(args.ours_extra), "trl": shlex.split(args.trl_extra)}
+        results = {side: pool_runs([run_side(side, scenario, seed, extra[side]) for seed in seeds]) for side in sides}
+        if "ours" in sides:
+            for variant, flags in scenario.ours_variants.items():
+                runs = [run_side("ours", scenario, seed, [*extra["ours"], *flags], variant) for seed in seeds]
+                results[variant] = pool_runs(runs)
         table, derived = report(scenario, results)
         print(table, flush=True)
         write_json_atomic(
@@ -549,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
                 "seeds": seeds,
                 "ours_value_adapter_layers": scenario.value_adapter_layers,
                 "ours_extra": args.ours_extra,
+                "trl_extra": args.trl_extra,
                 "bf16": scenario.bf16,
                 "episodes_per_update": scenario.episodes_per_update,
                 "num_mini_batches": scenario.num_mini_batches,

@@ -86,6 +86,24 @@ def test_matched_kl_compares_bins_both_runs_fill():
     assert matched["difference_stderr"] > 0
 
 
+def test_quality_report_compares_each_of_our_variants_with_trl():
+    trl = [{"objective/kl": 0.5 + i % 2, "objective/scores": 1.0, "episode": 16 * i} for i in range(8)]
+    ours = [{**record, "objective/scores": 1.25} for record in trl]
+    separate = [{**record, "objective/scores": 0.5} for record in trl]
+    sides = {name: {"records": records} for name, records in (("ours", ours), ("trl", trl), ("ours-x", separate))}
+    text, derived = compare.report(compare.scenarios()["quality"], sides)
+    assert derived["matched_kl"]["difference"] == pytest.approx(0.25)
+    assert derived["matched_kl_ours-x"]["difference"] == pytest.approx(-0.5)
+    assert "ours - trl over the 1 bins" in text and "ours-x - trl over the 1 bins" in text
+
+
+def test_quality_variant_runs_our_separate_value_model():
+    scenario = compare.scenarios()["quality"]
+    command = compare.ours_command(scenario, "bench-quality", 0, list(scenario.ours_variants["ours-separate"]))
+    _, _, ppo_args, _ = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
+    assert ppo_args.value_model == "separate" and ppo_args.value_model_path is None  # initialized from the RM
+
+
 def test_parse_param_count():
     assert parse_param_count("100M") == 100_000_000
     assert parse_param_count("1.5b") == 1_500_000_000
@@ -196,6 +214,15 @@ def test_ours_extra_flags_come_last_and_win():
     assert command[-2:] == ["--value_adapter_layers", "0"]
     _, _, ppo_args, _ = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
     assert ppo_args.value_adapter_layers == 0 and ppo_args.value_model == "adapter"
+
+
+def test_trl_extra_flags_come_last_after_the_output_file():
+    """argparse keeps the last occurrence, so flags appended last override the scenario's (e.g. --value)."""
+    scenario = compare.scenarios()["quality"]
+    extra = ["--value", "runs/demo/sft/model", "--seed", "9"]
+    command = compare.trl_command(scenario, Path("out.json"), 0, extra)
+    assert command[-4:] == extra and _flag(command, "out") == "out.json"
+    assert "--value" not in compare.trl_command(scenario, Path("out.json"), 0)
 
 
 def test_pool_runs_takes_medians_the_largest_peak_and_every_record():
