@@ -138,8 +138,8 @@ class StageDir:
     def write_manifest(self, configs: dict[str, Any], inputs: dict[str, str | Path | None], started: float) -> None:
         """Record the resolved config, the inputs with content hashes, versions and the git revision.
 
-        An input given as None or "" is one the stage does not use: it is left out (``Path("")`` is the current
-        folder, which must not be hashed)."""
+        An input given as None (or "", which ``Path`` would read as the current folder) is one the stage does not
+        use: it is left out."""
         from pipeline.config import to_jsonable
 
         manifest = {

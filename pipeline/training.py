@@ -30,7 +30,7 @@ def open_training_stage(
             {
                 "base_model": base_source,
                 "dataset": data_args.dataset_name,
-                "eval_dataset": data_args.eval_dataset_name or "",
+                "eval_dataset": data_args.eval_dataset_name,
             },
             started,
         )

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     if PartialState().is_main_process and not args.resume_from_checkpoint:
         stage.write_manifest(
             {"run": run_args, "data": data_args, "ppo": args, "model": model_args},
-            {"sft_model": sft_source, "reward_model": rm_source or "", "dataset": data_args.dataset_name or ""},
+            {"sft_model": sft_source, "reward_model": rm_source, "dataset": data_args.dataset_name},
             started,
         )
     set_seed(args.seed)  # LoRA and value-head initialization
