@@ -91,6 +91,7 @@ def scenarios() -> dict[str, Scenario]:
         "kl_coef": 0.05,
         "kl_estimator": "k1",
         "missing_eos_penalty": 1.0,
+        "response_length": 32,
     }
     return {
         **{
@@ -105,7 +106,6 @@ def scenarios() -> dict[str, Scenario]:
                 num_mini_batches=1,
                 settings={
                     **common,
-                    "response_length": 32,
                     "learning_rate": 1e-5,
                     "total_episodes": 40,
                     "dtype": dtype,
@@ -128,7 +128,6 @@ def scenarios() -> dict[str, Scenario]:
             num_mini_batches=4,
             settings={
                 **common,
-                "response_length": 32,
                 "learning_rate": 5e-4,
                 "total_episodes": 1024,
             },
@@ -546,10 +545,10 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(["bash", str(ROOT / "bench" / "setup_reference_env.sh")], check=True)
 
     failed = False
+    extra = {"ours": shlex.split(args.ours_extra), "trl": shlex.split(args.trl_extra)}
     for name in chosen:
         scenario = available[name]
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else list(scenario.seeds)
-        extra = {"ours": shlex.split(args.ours_extra), "trl": shlex.split(args.trl_extra)}
         results = {side: pool_runs([run_side(side, scenario, seed, extra[side]) for seed in seeds]) for side in sides}
         if "ours" in sides:
             for variant, flags in scenario.ours_variants.items():
