@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -11,7 +14,8 @@ class LearnedReward:
 
     Text from the policy is decoded and re-tokenized with the reward model's own tokenizer (special tokens
     added as TRL's RewardTrainer adds them), so policy and reward model need not share a vocabulary.
-    The score is read at the last non-pad token, i.e. at EOS.
+    The score is read at the last non-pad token, i.e. at EOS. ``scoring_mode``, when given, is entered around each
+    call and yields the model to score with (e.g. a LoRA-tuned copy with its adapter disabled).
     """
 
     __name__ = "reward_model"
@@ -22,11 +26,13 @@ class LearnedReward:
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 32,
         max_length: int | None = None,
+        scoring_mode: Callable[[], AbstractContextManager[PreTrainedModel]] | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_length = max_length
+        self.scoring_mode = scoring_mode or (lambda: nullcontext(self.model))
 
     def texts(self, prompts: list, completions: list) -> list[str]:
         """The sequences the model scores: conversational rows through the chat template, strings + EOS."""
@@ -44,13 +50,14 @@ class LearnedReward:
         device = next(self.model.parameters()).device
         texts = self.texts(prompts, completions)
         scores = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=self.max_length is not None,
-                max_length=self.max_length,
-            ).to(device)
-            scores.append(self.model(**batch).logits[:, 0].float().cpu())
+        with self.scoring_mode() as model:
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=self.max_length is not None,
+                    max_length=self.max_length,
+                ).to(device)
+                scores.append(model(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)

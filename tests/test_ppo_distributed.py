@@ -1,5 +1,5 @@
 """The PPO stage under ``accelerate launch`` with two CPU processes (DDP over gloo): it completes, the two
-processes end with identical trained weights, and logged metrics cover both processes."""
+processes end with identical trained weights, and logged metrics cover both processes; in both value layouts."""
 
 from __future__ import annotations
 
@@ -11,14 +11,20 @@ import pytest
 
 from pipeline.metrics import read_metrics
 from tests.conftest import REPO, subprocess_env
-from tests.ppo_testing import ppo_argv
+from tests.ppo_testing import ppo_argv, tiny_reward_model
 
 pytestmark = pytest.mark.slow
 
 PROCESSES, LOCAL_BATCH, UPDATES = 2, 8, 2
 
 
-def test_two_processes_stay_in_sync_and_metrics_cover_both(sft_model, tmp_path):
+@pytest.mark.parametrize("layout", ["adapter", "separate"])
+def test_two_processes_stay_in_sync_and_metrics_cover_both(sft_model, tiny_base, tmp_path, layout):
+    """'adapter': one base; 'separate': a LoRA value model on the reward model, whose base also scores rewards."""
+    options = {}
+    if layout == "separate":
+        reward_model = tiny_reward_model(tiny_base, tmp_path / "rm")
+        options = {"value_model": "separate", "reward": "rm", "reward_model_path": reward_model}
     launch = [
         *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"),
         *("--num_processes", str(PROCESSES), "--mixed_precision", "no", "--dynamo_backend", "no"),
@@ -31,6 +37,7 @@ def test_two_processes_stay_in_sync_and_metrics_cover_both(sft_model, tmp_path):
         save_strategy="steps",
         save_steps=1,
         save_total_limit=1,
+        **options,
     )
     records_dir = tmp_path / "records"
     records_dir.mkdir()

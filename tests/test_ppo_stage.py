@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import stages.ppo.__main__ as ppo_stage
 from pipeline.errors import PipelineError, run_main
@@ -119,6 +120,55 @@ def test_separate_value_model_from_a_reward_model_folder(sft_model, reward_model
     assert all(r["loss/value_avg"] > 0 for r in records)
     value_dir = tmp_path / "r" / "ppo" / "value"
     assert json.loads((value_dir / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+
+
+def test_lora_value_model_shares_the_reward_model_that_scores_the_rewards(sft_model, reward_model, tmp_path, recording):
+    """With LoRA the value model is an adapter on the reward model's own weights: the reward is read from that base
+    with the adapter disabled, so the scores stay the reward model's while its value adapter and head train."""
+    from reward_models.learned import LearnedReward
+
+    run_ppo(
+        ppo_argv(
+            tmp_path,
+            "r",
+            sft_model,
+            value_model="separate",
+            value_adapter_layers=1,
+            reward="rm",
+            reward_model_path=reward_model,
+            sample_every=1,
+            total_episodes=24,
+        )
+    )
+    trainer = recording.latest
+    value_model = trainer.accelerator.unwrap_model(trainer.model_wrapped).value_model
+    assert trainer.reward_fn.model is value_model, "a second copy of the reward model was loaded"
+    trained = assert_trains_exactly_the_trainable(trainer)
+    top = value_model.config.num_hidden_layers - 1
+    value_lora = {n for n in trained if n.startswith("value_model.") and "lora_" in n}
+    assert value_lora and all(f"layers.{top}." in n for n in value_lora)
+    # Samples of updates 2 and 3 were scored after the value adapter and head had trained: still the RM's scores.
+    samples = [s for s in read_metrics(tmp_path / "r" / "ppo" / "samples.jsonl") if s["update"] > 1]
+    fresh = LearnedReward(
+        AutoModelForSequenceClassification.from_pretrained(reward_model), AutoTokenizer.from_pretrained(reward_model)
+    )
+    expected = fresh([s["prompt"] for s in samples], [s["completion"] for s in samples])
+    torch.testing.assert_close(torch.tensor([s["score"] for s in samples]), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_value_model_must_share_the_policy_tokenizer(sft_model, tmp_path):
+    """The value model reads the policy's token ids: one with another vocabulary is refused before training."""
+    other = tmp_path / "other-vocab"
+    tokenizer = AutoTokenizer.from_pretrained(sft_model)
+    tokenizer.add_tokens(["zzzz"])
+    tokenizer.save_pretrained(other)
+    vocab = json.loads((other / "tokenizer.json").read_text())
+    vocab["model"]["vocab"] = {
+        token: (i + 1) % len(vocab["model"]["vocab"]) for token, i in vocab["model"]["vocab"].items()
+    }
+    (other / "tokenizer.json").write_text(json.dumps(vocab))
+    with pytest.raises(PipelineError, match="value_model 'separate' reads the policy's token ids"):
+        run_ppo(ppo_argv(tmp_path, "r", sft_model, value_model="separate", value_model_path=other))
 
 
 def test_full_fine_tune_keeps_a_frozen_reference_copy(sft_model, reward_model, tmp_path, recording):

@@ -11,7 +11,8 @@ import time
 
 import torch
 from accelerate import PartialState
-from transformers import set_seed
+from accelerate.utils import DistributedType
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, set_seed
 
 from pipeline.config import DataArguments, RunArguments, parse_config
 from pipeline.datasets import load_prompt_data
@@ -51,6 +52,41 @@ def peak_memory_mb() -> float:
     return peak_rss / 2**20 if sys.platform == "darwin" else peak_rss / 1024
 
 
+def check_value_tokenizer(policy_tokenizer: PreTrainedTokenizerBase, value_source: str) -> PreTrainedTokenizerBase:
+    """The value model's tokenizer, checked to give every token of the policy's the same id (it reads the policy's
+    token ids)."""
+    value_tokenizer = AutoTokenizer.from_pretrained(value_source)
+    value_vocab = value_tokenizer.get_vocab()
+    differ = [t for t, i in policy_tokenizer.get_vocab().items() if value_vocab.get(t) != i]
+    if differ:
+        raise PipelineError(
+            f"value_model 'separate' reads the policy's token ids, but {len(differ)} tokens of the SFT model's "
+            f"tokenizer are missing from the value model's ({value_source}) or have other ids, e.g. {differ[:3]}: "
+            "set value_model_path to a model with the SFT model's tokenizer, or use value_model 'adapter'"
+        )
+    return value_tokenizer
+
+
+def shares_reward_model(
+    args: PPOConfig, model_args: PPOModelArguments, value_source: str | None, rm_source: str | None, same_pad: bool
+) -> bool:
+    """Whether the LoRA value model's base also scores the rewards, instead of a second copy of the reward model.
+
+    Under DeepSpeed and FSDP the value model's parameters are sharded inside the engine, so the reward model keeps
+    its own copy there; a quantized value model would score rewards in 4/8 bits, so it does too. The value model
+    is loaded with the policy's pad token, where the reward model reads its score, so the two must pad alike.
+    """
+    return (
+        args.value_model == "separate"
+        and model_args.use_peft
+        and same_pad
+        and value_source is not None
+        and value_source == rm_source
+        and not (model_args.load_in_4bit or model_args.load_in_8bit)
+        and PartialState().distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train the policy with PPO and write ``runs/<run>/ppo/``."""
     run_args, data_args, args, model_args = parse_config(
@@ -70,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     value_source = resolve_model_source(args.value_model_path, "value model") if args.value_model_path else rm_source
     tokenizer = load_tokenizer(sft_source, model_args.tokenizer_pad_token)
+    same_pad = False
+    if args.value_model == "separate":
+        same_pad = check_value_tokenizer(tokenizer, value_source).pad_token_id == tokenizer.pad_token_id
     train_rows, eval_rows = load_prompt_data(data_args, tokenizer)
 
     work = begin_stage(stage, resume=bool(args.resume_from_checkpoint))
@@ -81,10 +120,12 @@ def main(argv: list[str] | None = None) -> None:
             started,
         )
     set_seed(args.seed)  # LoRA and value-head initialization
-    load_rm = reward_model_loader(rm_source, model_args.dtype, args.local_rollout_forward_batch_size)
+    model = build_policy_and_value(sft_source, value_source, model_args, args, tokenizer.pad_token_id)
+    shared = model if shares_reward_model(args, model_args, value_source, rm_source, same_pad) else None
+    load_rm = reward_model_loader(rm_source, model_args.dtype, args.local_rollout_forward_batch_size, shared)
     trainer = PPOTrainer(
         args=args,
-        model=build_policy_and_value(sft_source, value_source, model_args, args, tokenizer.pad_token_id),
+        model=model,
         tokenizer=tokenizer,
         prompts=train_rows,
         reward_fn=build_reward(args.reward, args.reward_weights, load_rm),

@@ -7,36 +7,65 @@ from pathlib import Path
 
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.trainer.utils import disable_dropout_in_model
 
 from pipeline.config import ModelArguments
+from pipeline.errors import PipelineError
 from pipeline.models import load_causal_lm, load_sequence_scorer, load_tokenizer, lora_config, merge_adapter
 from reward_models.learned import LearnedReward
 from stages.ppo.config import PPOConfig
-from stages.ppo.modeling import POLICY_ADAPTER, VALUE_ADAPTER, PolicyAndValue, ValueHead
+from stages.ppo.modeling import POLICY_ADAPTER, VALUE_ADAPTER, PolicyAndValue, ValueHead, trunk_of
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
-def with_lora(model: PreTrainedModel, model_args: ModelArguments, task_type: str, gradient_checkpointing: bool):
-    """Wrap ``model`` in a LoRA adapter (preparing a 4/8-bit model for training first)."""
+def with_lora(
+    model: PreTrainedModel,
+    model_args: ModelArguments,
+    task_type: str,
+    gradient_checkpointing: bool,
+    top_layers: int | None = None,
+):
+    """Wrap ``model`` in a LoRA adapter (preparing a 4/8-bit model for training first), on its top ``top_layers``
+    decoder layers only when given."""
     if getattr(model, "is_quantized", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    peft_model = get_peft_model(model, lora_config(model_args, task_type))
+    config = top_layers_only(lora_config(model_args, task_type), model, top_layers)
+    peft_model = get_peft_model(model, config)
     disable_dropout_in_model(peft_model)
     return peft_model
 
 
-def value_adapter_config(policy: PeftModel, model_args: ModelArguments, top_layers: int | None) -> LoraConfig:
-    """The value adapter's LoRA config: the policy adapter's, or the same modules in the top ``top_layers`` layers."""
-    config = lora_config(model_args, "CAUSAL_LM")
+def top_layers_only(config: LoraConfig, model: PreTrainedModel | PeftModel, top_layers: int | None) -> LoraConfig:
+    """``config`` restricted to the same modules in the top ``top_layers`` decoder layers of ``model``."""
     if not top_layers:
         return config
-    total = policy.config.num_hidden_layers
-    # PEFT has resolved shorthands like 'all-linear' into module paths; restricting to layers needs bare names.
-    names = {name.rsplit(".", 1)[-1] for name in policy.peft_config[POLICY_ADAPTER].target_modules}
+    layers = getattr(trunk_of(model), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise PipelineError(
+            f"value_adapter_layers needs a decoder whose body has `layers` (Llama-style); {type(model).__name__} "
+            "has not: leave value_adapter_layers unset"
+        )
+    targets = {config.target_modules} if isinstance(config.target_modules, str) else set(config.target_modules)
+    if targets == {"all-linear"}:
+        # A LoRA-wrapped linear layer counts once, by its own name (not its base_layer / lora_A inside).
+        tuned = [name for name, module in layers.named_modules() if isinstance(module, BaseTunerLayer)]
+        names = {
+            name.rsplit(".", 1)[-1]
+            for name, module in layers.named_modules()
+            if isinstance(module, nn.Linear | BaseTunerLayer) and not any(name.startswith(f"{t}.") for t in tuned)
+        }
+    elif isinstance(config.target_modules, str):
+        raise PipelineError(
+            "value_adapter_layers needs lora_target_modules as module names or 'all-linear', not a pattern"
+        )
+    else:
+        names = {name.rsplit(".", 1)[-1] for name in targets}
+    total = len(layers)
     return dataclasses.replace(
         config, target_modules=names, layers_to_transform=list(range(max(total - top_layers, 0), total))
     )
@@ -55,7 +84,8 @@ def build_policy_and_value(
     else:
         reference = load_causal_lm(sft_source, model_args).requires_grad_(False).eval()
     if args.value_model == "adapter":
-        policy.add_adapter(VALUE_ADAPTER, value_adapter_config(policy, model_args, args.value_adapter_layers))
+        value_config = top_layers_only(lora_config(model_args, "CAUSAL_LM"), policy, args.value_adapter_layers)
+        policy.add_adapter(VALUE_ADAPTER, value_config)
         disable_dropout_in_model(policy)
         return PolicyAndValue(
             policy,
@@ -63,14 +93,18 @@ def build_policy_and_value(
             value_adapter_layers=args.value_adapter_layers,
         )
     value = load_sequence_scorer(value_source, model_args, pad_token_id)
-    if model_args.use_peft:
-        value = with_lora(value, model_args, "SEQ_CLS", args.gradient_checkpointing)
-    return PolicyAndValue(policy, value_model=value, reference=reference)
+    if not model_args.use_peft:  # a fully fine-tuned value model trains every layer
+        return PolicyAndValue(policy, value_model=value, reference=reference)
+    value = with_lora(value, model_args, "SEQ_CLS", args.gradient_checkpointing, args.value_adapter_layers)
+    return PolicyAndValue(policy, value_model=value, value_adapter_layers=args.value_adapter_layers)
 
 
-def reward_model_loader(default_path: str | None, dtype: str, batch_size: int):
-    """A loader for learned reward sources: ``rm`` means ``default_path``, anything else is a folder or hub id."""
-    from pipeline.errors import PipelineError
+def reward_model_loader(default_path: str | None, dtype: str, batch_size: int, shared: PolicyAndValue | None = None):
+    """A loader for learned reward sources: ``rm`` means ``default_path``, anything else is a folder or hub id.
+
+    With ``shared``, the reward model at ``default_path`` is not loaded again: it is the base of that module's LoRA
+    value model, scored with the value adapter disabled.
+    """
     from pipeline.models import resolve_model_source
 
     def load(spec: str) -> LearnedReward:
@@ -81,6 +115,10 @@ def reward_model_loader(default_path: str | None, dtype: str, batch_size: int):
         else:
             path = resolve_model_source(spec, "reward model")
         tokenizer = load_tokenizer(path)
+        if shared is not None and path == default_path:
+            return LearnedReward(
+                shared.value_model, tokenizer, batch_size=batch_size, scoring_mode=shared.value_base_scorer
+            )
         model = load_sequence_scorer(path, ModelArguments(dtype=dtype), tokenizer.pad_token_id)
         return LearnedReward(model.to(PartialState().device).requires_grad_(False), tokenizer, batch_size=batch_size)
 

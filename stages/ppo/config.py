@@ -56,7 +56,10 @@ class PPOConfig(TrainingArguments):
         metadata={
             "help": "'adapter': a value LoRA adapter plus a scalar head on the policy's own base (one base model in "
             "memory for policy, reference and value; needs use_peft). 'separate': a value model initialized from "
-            "the reward model (value_model_path)."
+            "the reward model (value_model_path), with the reward model's score head as its value head; with "
+            "use_peft it is a LoRA adapter on the reward model that scores the rewards (one copy of the reward "
+            "model, scored with the adapter disabled). It reads the policy's token ids, so it needs the SFT "
+            "model's tokenizer."
         },
     )
     value_model_path: str | None = field(
@@ -65,9 +68,10 @@ class PPOConfig(TrainingArguments):
     value_adapter_layers: int | None = field(
         default=None,
         metadata={
-            "help": "'adapter' layout: put the value adapter on only the top N decoder layers. The value pass then "
-            "re-runs just those N layers from the policy pass's hidden states below them (detached, so the value "
-            "loss does not train the policy), instead of a whole second trunk pass. Default: all layers."
+            "help": "Put the value adapter on only the top N decoder layers, so the value pass trains just those N "
+            "layers. 'adapter': the pass re-runs them from the policy pass's hidden states below them (detached, "
+            "so the value loss does not train the policy) instead of a whole second trunk pass. 'separate' with "
+            "use_peft: the value model's lower layers run without gradients. Default: all layers."
         },
     )
     # Rollouts
@@ -130,6 +134,14 @@ class PPOConfig(TrainingArguments):
     )
     # Defaults that differ from TrainingArguments
     learning_rate: float = field(default=3e-6, metadata={"help": "Initial learning rate (AdamW)."})
+    value_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Initial learning rate of the value parameters (value adapter and head, or value model), on the "
+            "same schedule; a critic usually learns faster than the policy (OpenRLHF's critic_learning_rate). "
+            "Default: learning_rate."
+        },
+    )
     adam_epsilon: float = field(default=1e-5, metadata={"help": "Adam epsilon (1e-5, as in the RLHF references)."})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule over updates."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N updates."})

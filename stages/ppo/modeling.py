@@ -66,8 +66,12 @@ class ValueHead(nn.Module):
         return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
 
 
+class _StopForward(Exception):
+    """Raised by a capturing hook to skip the layers above it."""
+
+
 class UpperLayers:
-    """The top ``count`` decoder layers of a trunk, re-run from the input the policy pass fed them.
+    """The top ``count`` decoder layers of a trunk, re-run from the input a lower pass fed them.
 
     ``capturing()`` records the hidden states entering the first of them (detached) and that layer's other inputs
     (attention mask, position embeddings); ``run()`` then feeds the recording through the layers and the final norm,
@@ -87,14 +91,21 @@ class UpperLayers:
         self._recorded: tuple[torch.Tensor, dict] | None = None
 
     @contextmanager
-    def capturing(self) -> Iterator[None]:
+    def capturing(self, stop: bool = False) -> Iterator[None]:
+        """Record the input of the first upper layer during the forward pass run inside; with ``stop`` the pass ends
+        there (the layers above are not run by it)."""
+
         def record(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             self._recorded = (hidden.detach(), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+            if stop:
+                raise _StopForward
 
         handle = self.layers[self.first].register_forward_pre_hook(record, with_kwargs=True)
         try:
             yield
+        except _StopForward:
+            pass
         finally:
             handle.remove()
 
@@ -127,14 +138,20 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value_head = value_head
         self.value_model = value_model
-        # Adapter layout with the value adapter on the top layers only: the value pass re-runs just those layers.
-        self._upper = UpperLayers(trunk_of(policy), value_adapter_layers) if value_adapter_layers else None
+        # The value adapter on the top layers only: the value pass runs just those layers with gradients, from the
+        # policy pass's hidden states (one base) or the value model's own lower layers run without gradients.
+        value_base = policy if value_head is not None else value_model
+        self._upper = UpperLayers(trunk_of(value_base), value_adapter_layers) if value_adapter_layers else None
         # A frozen full copy is kept out of the module's parameters (it is neither trained nor checkpointed).
         self._reference = [reference] if reference is not None else []
-        self._trainable = [p for p in self.parameters() if p.requires_grad]
         if value_head is not None:
-            self._trainable += [p for name, p in policy.named_parameters() if f".{VALUE_ADAPTER}." in name]
-            self._trainable = list({id(p): p for p in self._trainable}.values())
+            value_adapter = [p for name, p in policy.named_parameters() if f".{VALUE_ADAPTER}." in name]
+            self._value = list(value_head.parameters()) + value_adapter
+        else:
+            self._value = [p for p in value_model.parameters() if p.requires_grad]
+        trainable = [p for p in self.parameters() if p.requires_grad] + self._value
+        self._trainable = list({id(p): p for p in trainable}.values())
+        if value_head is not None:
             self._use_adapter(POLICY_ADAPTER)
 
     @property
@@ -156,6 +173,10 @@ class PolicyAndValue(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         for model in self._backbones():
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of the value: value adapter and head, or the value model's."""
+        return list(self._value)
 
     def trainable_names(self) -> set[str]:
         """Names (in this module) of the parameters PPO trains: what a checkpoint must hold."""
@@ -184,12 +205,17 @@ class PolicyAndValue(nn.Module):
             finally:
                 self._use_adapter(POLICY_ADAPTER)
             return self.value_head(hidden[:, -keep:])
-        hidden = last_hidden(self.value_model, input_ids, attention_mask, position_ids)
+        if self._upper is not None:
+            with torch.no_grad(), self._upper.capturing(stop=True):
+                last_hidden(self.value_model, input_ids, attention_mask, position_ids)
+            hidden = self._upper.run()
+        else:
+            hidden = last_hidden(self.value_model, input_ids, attention_mask, position_ids)
         return self.value_model.score(hidden[:, -keep:]).squeeze(-1).float()
 
     def policy_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
         """Policy logits for the last ``keep`` positions (recording the value pass's input when it needs one)."""
-        with self._upper.capturing() if self._upper is not None else nullcontext():
+        with self._upper.capturing() if self._upper is not None and self.one_base else nullcontext():
             return last_logits(self.policy, input_ids, attention_mask, position_ids, keep)
 
     @property
@@ -207,6 +233,18 @@ class PolicyAndValue(nn.Module):
         try:
             with self.policy.disable_adapter():
                 yield self.policy
+        finally:
+            self._restore_trainable()
+
+    @contextmanager
+    def value_base_scorer(self) -> Iterator[PeftModel]:
+        """The value model with its adapter disabled: the reward model it was started from, for scoring rewards
+        with the same weights in memory (trainable flags restored afterwards)."""
+        if not isinstance(self.value_model, PeftModel):
+            raise RuntimeError("only a LoRA value model has a frozen base to score with")
+        try:
+            with self.value_model.disable_adapter():
+                yield self.value_model
         finally:
             self._restore_trainable()
 

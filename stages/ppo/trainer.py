@@ -148,6 +148,21 @@ class PPOTrainer(Trainer):
         if model.frozen_reference is not None:
             model.frozen_reference.to(self.accelerator.device)
 
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Trainer's optimizer, with the value parameters in groups of their own at ``value_learning_rate``."""
+        optimizer = super().create_optimizer(model)
+        if self.args.value_learning_rate is None:
+            return optimizer
+        value = {id(p) for p in self.model.value_parameters()}
+        groups, optimizer.param_groups = optimizer.param_groups, []
+        for group in groups:
+            for is_value in (False, True):
+                params = [p for p in group["params"] if (id(p) in value) == is_value]
+                if params:
+                    lr = self.args.value_learning_rate if is_value else group["lr"]
+                    optimizer.add_param_group({**group, "params": params, "lr": lr})
+        return optimizer
+
     # ----- rollout -----------------------------------------------------------------------------------------
 
     def _tokenize_prompts(self, rows: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
