@@ -15,7 +15,7 @@ import stages.ppo.__main__ as ppo_stage
 from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import read_metrics
 from tests import rewards_for_tests
-from tests.ppo_testing import RecordingTrainer, ppo_argv, run_ppo, tiny_reward_model
+from tests.ppo_testing import FAST_OPTIONS, RecordingTrainer, ppo_argv, run_ppo, tiny_reward_model
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +154,20 @@ def test_lora_value_model_shares_the_reward_model_that_scores_the_rewards(sft_mo
     )
     expected = fresh([s["prompt"] for s in samples], [s["completion"] for s in samples])
     torch.testing.assert_close(torch.tensor([s["score"] for s in samples]), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_value_learning_rate_applies_to_the_value_parameters_only(sft_model, tmp_path, recording):
+    run_ppo(ppo_argv(tmp_path, "r", sft_model, value_learning_rate=2e-3, total_episodes=8))
+    trainer = recording.latest
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    value = {id(p) for p in model.value_parameters()}
+    groups = [({id(p) for p in group["params"]}, group["initial_lr"]) for group in trainer.optimizer.param_groups]
+    value_groups = [lr for ids, lr in groups if ids <= value]
+    policy_groups = [lr for ids, lr in groups if not ids & value]
+    assert len(value_groups) + len(policy_groups) == len(groups), "a group mixes value and policy parameters"
+    assert value_groups and set(value_groups) == {2e-3}
+    assert policy_groups and set(policy_groups) == {FAST_OPTIONS["learning_rate"]}
+    assert value <= set().union(*(ids for ids, _ in groups))
 
 
 def test_value_model_must_share_the_policy_tokenizer(sft_model, tmp_path):
