@@ -174,3 +174,29 @@ def test_reward_scored_on_the_shared_base_ignores_the_value_adapter_and_head(sep
     assert all(p.requires_grad for p in separate.value_parameters())
     _, values = separate(*batch(), keep=4, part="value")
     assert values.requires_grad
+
+
+def test_value_model_values_from_kept_lower_layer_outputs_match_for_any_rows(separate):
+    """A rollout keeps the frozen lower layers' output; a minibatch of its rows gets the full pass's values."""
+    input_ids, attention_mask, position_ids = batch()
+    with torch.no_grad():
+        kept = separate.value_inputs(input_ids, attention_mask, position_ids)
+        full = last_hidden(separate.value_model, input_ids, attention_mask, position_ids)
+        expected = separate.value_model.score(full[:, -4:]).squeeze(-1)
+        rows = torch.tensor([2, 0])
+        _, values = separate(
+            input_ids[rows], attention_mask[rows], position_ids[rows], keep=4, part="value", value_inputs=kept[rows]
+        )
+    torch.testing.assert_close(values, expected[rows])
+
+
+def test_a_body_that_rescales_input_embeddings_is_refused(separate, monkeypatch):
+    trunk = separate.value_model.get_base_model().model
+    forward = trunk.forward
+
+    def scaled(*args, inputs_embeds=None, **kwargs):  # as Gemma multiplies its input embeddings by sqrt(hidden)
+        return forward(*args, inputs_embeds=None if inputs_embeds is None else inputs_embeds * 2.0, **kwargs)
+
+    monkeypatch.setattr(trunk, "forward", scaled)
+    with pytest.raises(PipelineError, match="takes input embeddings as given"):
+        separate.value_inputs(*batch())

@@ -37,7 +37,7 @@ def evaluate_policies(trainer, prompts: Dataset) -> dict:
         if trainer.gold_fn is not None:
             per_row["gold_score"] = trainer.score_texts(rows, completions, gold=True).tolist()
         if not use_reference:
-            logprobs, ref_logprobs, _ = trainer.forward_scores(input_ids, attention_mask, responses)
+            logprobs, ref_logprobs, *_ = trainer.forward_scores(input_ids, attention_mask, responses)
             per_row["kl"] = ((logprobs - ref_logprobs) * mask).sum(1).tolist()
         section = {}
         for key, values in per_row.items():

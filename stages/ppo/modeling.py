@@ -109,6 +109,25 @@ class UpperLayers:
         finally:
             handle.remove()
 
+    def lower_pass(self, trunk: nn.Module, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """The hidden states entering the first upper layer, from ``trunk``'s lower layers run without gradients
+        (the recording stays for ``run``)."""
+        with torch.no_grad(), self.capturing(stop=True):
+            trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return self._recorded[0]
+
+    def run_from(self, trunk: nn.Module, hidden: torch.Tensor, attention_mask, position_ids) -> torch.Tensor:
+        """Last hidden states from ``hidden`` entering the first upper layer, any batch: ``trunk`` runs as usual
+        (masks and positions from its own code) with ``hidden`` as its input embeddings and only the upper layers."""
+        layers = trunk.layers
+        trunk.layers = layers[self.first :]
+        try:
+            return trunk(
+                inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+        finally:
+            trunk.layers = layers
+
     def run(self) -> torch.Tensor:
         """Last hidden states from the recorded input (consumed: each recording serves one run)."""
         if self._recorded is None:
@@ -142,6 +161,7 @@ class PolicyAndValue(nn.Module):
         # policy pass's hidden states (one base) or the value model's own lower layers run without gradients.
         value_base = policy if value_head is not None else value_model
         self._upper = UpperLayers(trunk_of(value_base), value_adapter_layers) if value_adapter_layers else None
+        self._checked_run_from = False
         # A frozen full copy is kept out of the module's parameters (it is neither trained nor checkpointed).
         self._reference = [reference] if reference is not None else []
         if value_head is not None:
@@ -193,8 +213,8 @@ class PolicyAndValue(nn.Module):
         for parameter in self._trainable:
             parameter.requires_grad_(True)
 
-    def values(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
-        """Value estimates for the last ``keep`` positions."""
+    def values(self, input_ids, attention_mask, position_ids, keep: int, value_inputs=None) -> torch.Tensor:
+        """Value estimates for the last ``keep`` positions (from ``value_inputs`` when given, see ``value_inputs``)."""
         if self.one_base:
             self._use_adapter(VALUE_ADAPTER)
             try:
@@ -206,12 +226,34 @@ class PolicyAndValue(nn.Module):
                 self._use_adapter(POLICY_ADAPTER)
             return self.value_head(hidden[:, -keep:])
         if self._upper is not None:
-            with torch.no_grad(), self._upper.capturing(stop=True):
-                last_hidden(self.value_model, input_ids, attention_mask, position_ids)
-            hidden = self._upper.run()
+            if value_inputs is None:
+                value_inputs = self.value_inputs(input_ids, attention_mask, position_ids)
+            hidden = self._upper.run_from(trunk_of(self.value_model), value_inputs, attention_mask, position_ids)
         else:
             hidden = last_hidden(self.value_model, input_ids, attention_mask, position_ids)
         return self.value_model.score(hidden[:, -keep:]).squeeze(-1).float()
+
+    def value_inputs(self, input_ids, attention_mask, position_ids) -> torch.Tensor | None:
+        """The hidden states entering the value model's lowest trained layer (no gradients), or None when there is
+        no frozen lower part (one base, or a value adapter on every layer). They do not change during training, so a
+        rollout computes them once and every value pass on its episodes starts from them."""
+        if self.one_base or self._upper is None:
+            return None
+        trunk = trunk_of(self.value_model)
+        hidden = self._upper.lower_pass(trunk, input_ids, attention_mask, position_ids)
+        if not self._checked_run_from:
+            # run_from feeds the hidden states in as input embeddings; a body that rescales those (Gemma) would
+            # silently compute other values, so the first batch is checked against the recorded layer inputs.
+            with torch.no_grad():
+                expected = self._upper.run()
+                got = self._upper.run_from(trunk, hidden, attention_mask, position_ids)
+            if not torch.allclose(got.float(), expected.float(), atol=1e-4, rtol=1e-3):
+                raise PipelineError(
+                    f"value_adapter_layers with a separate value model needs a body that takes input embeddings as "
+                    f"given (Llama, Mistral, Qwen2); {type(trunk).__name__} does not: leave value_adapter_layers unset"
+                )
+            self._checked_run_from = True
+        return hidden
 
     def policy_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
         """Policy logits for the last ``keep`` positions (recording the value pass's input when it needs one)."""
@@ -255,14 +297,19 @@ class PolicyAndValue(nn.Module):
             return last_logits(reference, input_ids, attention_mask, position_ids, keep)
 
     def forward(
-        self, input_ids, attention_mask, position_ids, keep: int, part: str = "both"
+        self, input_ids, attention_mask, position_ids, keep: int, part: str = "both", value_inputs=None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(policy logits, values) for the last ``keep`` positions; ``part`` 'policy' or 'value' computes only that
         one (the other is None), so a training step can free one pass's activations before running the other. With
-        ``value_adapter_layers`` the value pass reads the policy pass's hidden states, so 'policy' must come first.
+        ``value_adapter_layers`` in one base the value pass reads the policy pass's hidden states, so 'policy' must
+        come first; with a value model it starts from ``value_inputs`` when given.
         """
         logits = (
             self.policy_logits(input_ids, attention_mask, position_ids, keep) if part in ("both", "policy") else None
         )
-        values = self.values(input_ids, attention_mask, position_ids, keep) if part in ("both", "value") else None
+        values = (
+            self.values(input_ids, attention_mask, position_ids, keep, value_inputs)
+            if part in ("both", "value")
+            else None
+        )
         return logits, values

@@ -29,6 +29,7 @@ class Rollout:
     scores: torch.Tensor  # [B] score used for the reward (after normalization, clipping, penalty)
     raw_scores: torch.Tensor  # [B] the reward source's output
     ended: torch.Tensor  # [B] bool: the response contains EOS
+    value_inputs: torch.Tensor | None = None  # [B, P + T, H] the value model's frozen lower layers' output, if any
     kl: torch.Tensor = None  # per-token KL estimate
     rewards: torch.Tensor = None
     advantages: torch.Tensor = None
@@ -95,21 +96,25 @@ def forward_scores(
     responses: torch.Tensor,
     temperature: float,
     chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Policy logprobs, reference logprobs and values of the response tokens (no gradients, in chunks)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Policy logprobs, reference logprobs, values and the value model's lower-layer output (or None) of the
+    response tokens (no gradients, in chunks)."""
     length = responses.shape[1]
     position_ids = position_ids_from(attention_mask)
-    logprobs, ref_logprobs, values = [], [], []
+    logprobs, ref_logprobs, values, value_inputs = [], [], [], []
     for start in range(0, input_ids.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         args = (input_ids[rows], attention_mask[rows], position_ids[rows], length + 1)
-        logits, value = model(*args)
+        inputs = model.value_inputs(*args[:3])
+        logits, value = model(*args, value_inputs=inputs)
         logprobs.append(token_logprobs(logits[:, :-1], responses[rows], temperature))
         values.append(value[:, :-1])
+        value_inputs.append(inputs)
         ref_logits = model.reference_logits(*args)
         ref_logprobs.append(token_logprobs(ref_logits[:, :-1], responses[rows], temperature))
         del logits, ref_logits
-    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+    kept = torch.cat(value_inputs) if value_inputs[0] is not None else None
+    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values), kept
 
 
 def decode_completions(tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:

@@ -211,8 +211,9 @@ class PPOTrainer(Trainer):
         with self.accelerator.autocast():
             return score(function, rows["prompt"], completions, columns, self.accelerator.device)
 
-    def forward_scores(self, input_ids, attention_mask, responses) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Policy logprobs, reference logprobs and values of sampled responses (no gradients, in chunks)."""
+    def forward_scores(self, input_ids, attention_mask, responses) -> tuple[torch.Tensor, ...]:
+        """Policy logprobs, reference logprobs, values and value inputs of sampled responses (no gradients, in
+        chunks; see ``rollout.forward_scores``)."""
         model = self.accelerator.unwrap_model(self.model_wrapped)
         with self.accelerator.autocast():
             return forward_scores(
@@ -229,7 +230,7 @@ class PPOTrainer(Trainer):
         """Sample, recompute logprobs (policy and reference) and values, score, and shape per-token rewards."""
         args = self.args
         input_ids, attention_mask, responses, response_mask, last_index, ended = self.sample(rows)
-        logprobs, ref_logprobs, values = self.forward_scores(input_ids, attention_mask, responses)
+        logprobs, ref_logprobs, values, value_inputs = self.forward_scores(input_ids, attention_mask, responses)
         completions = decode_completions(self.processing_class, responses, response_mask)
         raw_scores = self.score_texts(rows, completions)
         scores = raw_scores - self.progress.reward_offset
@@ -249,6 +250,7 @@ class PPOTrainer(Trainer):
             scores=scores,
             raw_scores=raw_scores,
             ended=ended,
+            value_inputs=value_inputs,
         )
         rollout.kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, args.kl_estimator) * response_mask
         rollout.rewards = per_token_rewards(scores, rollout.kl, self.kl_controller.value, response_mask, last_index)
@@ -309,7 +311,12 @@ class PPOTrainer(Trainer):
             )
             with keep_local:
                 logits, values = self.model_wrapped(
-                    batch.input_ids, batch.attention_mask, batch.position_ids, length + 1, part=part
+                    batch.input_ids,
+                    batch.attention_mask,
+                    batch.position_ids,
+                    length + 1,
+                    part=part,
+                    value_inputs=batch.value_inputs,
                 )
                 loss = torch.zeros((), device=batch.responses.device)
                 if values is not None:
