@@ -9,8 +9,9 @@ Scenarios:
               episodes/s, memory
   speed-bf16  the same models loaded in bfloat16, with bf16 mixed precision, on both sides (LoRA adapters
               stay float32)
-  quality     the demo's SFT policy and reward model: score reached at matched KL to the reference, ours
-              in the one-base layout and with a separate value model (ours-separate)
+  quality     the demo's SFT policy and reward model: score reached at matched KL to the reference
+Each runs ours twice: in the one-base layout (ours), and with the value adapter on the top half of the reward model
+that scores the rewards (ours-rm-critic: --value_model separate, whose critic starts from the reward model as trl's).
 Results go to runs/bench/<scenario>.json, child logs to runs/bench/logs/.
 """
 
@@ -42,6 +43,7 @@ DEMO_PROMPTS = ROOT / "data" / "demo" / "prompts_train.jsonl"
 DEMO_EVAL_PROMPTS = ROOT / "data" / "demo" / "prompts_eval.jsonl"
 DEMO_SFT = ROOT / "runs" / "demo" / "sft" / "model"
 DEMO_RM = ROOT / "runs" / "demo" / "rm" / "model"
+RM_CRITIC = "ours-rm-critic"
 # Targets the product must show against trl 1.12.0 (ours / trl).
 SPEED_TARGET = 1.5
 MEMORY_TARGET = 0.6
@@ -83,6 +85,12 @@ class Scenario:
     ours_variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+def rm_critic(layers: int) -> tuple[str, ...]:
+    """Our flags for a critic started from the reward model, as trl 1.12's is: a value LoRA adapter on the top
+    ``layers`` layers of the reward model that also scores the rewards (one copy of it in memory)."""
+    return ("--value_model", "separate", "--value_adapter_layers", str(layers))
+
+
 def scenarios() -> dict[str, Scenario]:
     """The benchmark's scenarios; both use LoRA r=16, alpha=32 on the policy and fp32."""
     common = {
@@ -115,6 +123,7 @@ def scenarios() -> dict[str, Scenario]:
                 bf16=dtype == "bfloat16",
                 value_adapter_layers=3,  # of 12
                 seeds=(0, 1, 2),  # a shared 2-core machine: the median of three runs
+                ours_variants={RM_CRITIC: rm_critic(6)},  # of 12
             )
             for name, dtype in (("speed", "float32"), ("speed-bf16", "bfloat16"))
         },
@@ -133,8 +142,7 @@ def scenarios() -> dict[str, Scenario]:
             },
             value_adapter_layers=1,  # of the tiny base's 4
             seeds=(0, 1, 2),  # single runs differ by about 0.15 in score at matched KL
-            # The critic initialized from the reward model, as trl 1.12's (a LoRA adapter on a copy of it).
-            ours_variants={"ours-separate": ("--value_model", "separate")},
+            ours_variants={RM_CRITIC: rm_critic(2)},  # of 4
         ),
     }
 
@@ -416,30 +424,35 @@ def _row(label: str, ours: float | None, trl: float | None, digits: int = 2, tar
 
 
 def report(scenario: Scenario, sides: dict[str, dict]) -> tuple[str, dict]:
-    """The printed table and the derived figures (ratios, matched-KL scores) for one scenario."""
-    ours, trl = sides.get("ours", {}), sides.get("trl", {})
-    lines = [f"\n== {scenario.name}: {scenario.description}", f"{'':<30}{'ours':>12}{'trl 1.12.0':>12}{'ours/trl':>12}"]
+    """The printed table and the derived figures (ratios, matched-KL scores) for one scenario: each of our sides
+    ('ours' and its variants) against trl. A variant's figures carry its name as a suffix."""
+    trl = sides.get("trl", {})
+    lines = [f"\n== {scenario.name}: {scenario.description}"]
     for name, side in sides.items():
         if "error" in side:
             lines.append(f"{name} FAILED: {side['error']}")
-    derived = {
-        "episodes_per_second_ratio": ratio(ours.get("episodes_per_second"), trl.get("episodes_per_second")),
-        "peak_rss_ratio": ratio(ours.get("peak_rss_mb"), trl.get("peak_rss_mb")),
-    }
     speed_target = f">= {SPEED_TARGET}" if scenario.targets else ""
     memory_target = f"<= {MEMORY_TARGET}" if scenario.targets else ""
-    lines += [
-        _row(
-            "episodes/s (after warm-up)",
-            ours.get("episodes_per_second"),
-            trl.get("episodes_per_second"),
-            3,
-            speed_target,
-        ),
-        _row("peak RSS (MiB, os.wait4)", ours.get("peak_rss_mb"), trl.get("peak_rss_mb"), 0, memory_target),
-        _row("self-reported peak (MiB)", ours.get("self_reported_peak_mb"), trl.get("self_reported_peak_mb"), 0),
-        _row("process wall time (s)", ours.get("wall_s"), trl.get("wall_s"), 1),
-    ]
+    derived = {}
+    for name in [name for name in sides if name.startswith("ours")]:
+        ours, suffix = sides[name], "" if name == "ours" else f"_{name}"
+        derived[f"episodes_per_second_ratio{suffix}"] = ratio(
+            ours.get("episodes_per_second"), trl.get("episodes_per_second")
+        )
+        derived[f"peak_rss_ratio{suffix}"] = ratio(ours.get("peak_rss_mb"), trl.get("peak_rss_mb"))
+        lines += [
+            f"{'':<30}{name:>12}{'trl 1.12.0':>12}{'ours/trl':>12}",
+            _row(
+                "episodes/s (after warm-up)",
+                ours.get("episodes_per_second"),
+                trl.get("episodes_per_second"),
+                3,
+                speed_target,
+            ),
+            _row("peak RSS (MiB, os.wait4)", ours.get("peak_rss_mb"), trl.get("peak_rss_mb"), 0, memory_target),
+            _row("self-reported peak (MiB)", ours.get("self_reported_peak_mb"), trl.get("self_reported_peak_mb"), 0),
+            _row("process wall time (s)", ours.get("wall_s"), trl.get("wall_s"), 1),
+        ]
     loads = [
         f"{name} {run['load_average_before_after'][0]:.1f}/{run['load_average_before_after'][1]:.1f}"
         for name, side in sides.items()
@@ -568,6 +581,7 @@ def main(argv: list[str] | None = None) -> None:
                 "seeds": seeds,
                 "ours_value_adapter_layers": scenario.value_adapter_layers,
                 "ours_extra": args.ours_extra,
+                "ours_variants": scenario.ours_variants,
                 "trl_extra": args.trl_extra,
                 "bf16": scenario.bf16,
                 "episodes_per_update": scenario.episodes_per_update,

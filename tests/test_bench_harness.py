@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError
 from stages.ppo.config import PPOConfig, PPOModelArguments
 
 ROOT = Path(__file__).resolve().parent.parent
+RM_CRITIC = "ours-rm-critic"
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +98,29 @@ def test_quality_report_compares_each_of_our_variants_with_trl():
     assert "ours - trl over the 1 bins" in text and "ours-x - trl over the 1 bins" in text
 
 
-def test_quality_variant_runs_our_separate_value_model():
-    scenario = compare.scenarios()["quality"]
-    command = compare.ours_command(scenario, "bench-quality", 0, list(scenario.ours_variants["ours-separate"]))
-    _, _, ppo_args, _ = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
+@pytest.mark.parametrize("name", ["speed", "speed-bf16", "quality"])
+def test_variant_runs_a_value_model_on_the_reward_model(name):
+    scenario = compare.scenarios()[name]
+    flags = list(scenario.ours_variants[RM_CRITIC])
+    command = compare.ours_command(scenario, f"bench-{name}", 0, flags)
+    _, _, ppo_args, model_args = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
     assert ppo_args.value_model == "separate" and ppo_args.value_model_path is None  # initialized from the RM
+    assert model_args.use_peft and ppo_args.reward == "rm"  # so the value adapter shares the reward model
+    # The top half of the reward model's layers: 6 of the random model's 12, 2 of the tiny base's 4.
+    assert ppo_args.value_adapter_layers == {"speed": 6, "speed-bf16": 6, "quality": 2}[name]
+
+
+def test_speed_report_holds_each_of_our_sides_against_the_targets():
+    def side(rate: float, peak: float) -> dict:
+        return {"episodes_per_second": rate, "peak_rss_mb": peak, "wall_s": 1.0, "runs": []}
+
+    sides = {"ours": side(1.8, 500), "trl": side(1.0, 1000), RM_CRITIC: side(1.2, 700)}
+    text, derived = compare.report(compare.scenarios()["speed"], sides)
+    assert derived["episodes_per_second_ratio"] == pytest.approx(1.8)
+    assert derived[f"episodes_per_second_ratio_{RM_CRITIC}"] == pytest.approx(1.2)
+    assert derived[f"peak_rss_ratio_{RM_CRITIC}"] == pytest.approx(0.7)
+    assert text.count("target >= 1.5: met") == 1 and text.count("target >= 1.5: MISSED") == 1
+    assert text.count("target <= 0.6: met") == 1 and text.count("target <= 0.6: MISSED") == 1
 
 
 def test_parse_param_count():
