@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pipeline.metrics import read_metrics
 from tests.conftest import REPO, subprocess_env
-from tests.ppo_testing import ppo_argv, run_ppo
+from tests.ppo_testing import ppo_argv, run_ppo, tiny_reward_model
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,12 @@ OPTIONS = {
     "kl_target": 0.5,
     "kl_horizon": 40,
 }
-WEIGHTS = ("adapter/adapter_model.safetensors", "value/adapter_model.safetensors", "value/value_head.safetensors")
+# Per value layout: the saved weights compared, and what a checkpoint's tensor names may be besides LoRA weights.
+WEIGHTS = {
+    "adapter": ("adapter/adapter_model.safetensors", "value/adapter_model.safetensors", "value/value_head.safetensors"),
+    "separate": ("adapter/adapter_model.safetensors", "value/adapter_model.safetensors"),
+}
+VALUE_HEAD = {"adapter": "value_head.", "separate": "value_model.base_model.model.score.modules_to_save."}
 # Everything an update logs that depends on the state carried across the resume (not throughput figures).
 CARRIED = ("objective/scores", "objective/kl", "objective/kl_coef", "lr", "loss/policy_avg", "loss/value_avg")
 
@@ -63,22 +68,29 @@ def kill_after_update(argv: list[str], metrics_file: Path, update: int, timeout:
     assert process.returncode == -signal.SIGKILL
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_run(sft_model, tmp_path):
-    uninterrupted = run_ppo(ppo_argv(tmp_path, "whole", sft_model, **OPTIONS))
+@pytest.mark.parametrize("layout", ["adapter", "separate"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_run(sft_model, tiny_base, tmp_path, layout):
+    """'separate': a LoRA value model on the reward model that scores the rewards."""
+    options = dict(OPTIONS)
+    if layout == "separate":
+        reward_model = tiny_reward_model(tiny_base, tmp_path / "rm")
+        options.update(value_model="separate", reward="rm", reward_model_path=reward_model)
+    uninterrupted = run_ppo(ppo_argv(tmp_path, "whole", sft_model, **options))
 
-    argv = ppo_argv(tmp_path, "killed", sft_model, **OPTIONS)
+    argv = ppo_argv(tmp_path, "killed", sft_model, **options)
     work = tmp_path / "killed" / ".ppo.partial"
     kill_after_update(argv, work / "metrics.jsonl", KILL_AFTER)
     checkpoints = sorted(p.name for p in (work / "checkpoints").iterdir())
     assert checkpoints == [f"checkpoint-{SAVE_STEPS}"], checkpoints
     # Checkpoints hold what PPO trains (adapters, value head), not the frozen base weights.
     saved = load_file(work / "checkpoints" / f"checkpoint-{SAVE_STEPS}" / "model.safetensors")
-    assert saved and all("lora_" in name or name.startswith("value_head.") for name in saved)
+    assert saved and all("lora_" in name or name.startswith(VALUE_HEAD[layout]) for name in saved)
+    assert any(name.startswith(VALUE_HEAD[layout]) for name in saved)
 
     resumed = run_ppo([*argv, "--resume_from_checkpoint", "latest"])
 
     final_whole, final_killed = tmp_path / "whole" / "ppo", tmp_path / "killed" / "ppo"
-    for name in WEIGHTS:
+    for name in WEIGHTS[layout]:
         expected, actual = load_file(final_whole / name), load_file(final_killed / name)
         assert expected.keys() == actual.keys(), name
         worst = max((expected[k] - actual[k]).abs().max().item() for k in expected)
