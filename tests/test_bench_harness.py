@@ -106,8 +106,8 @@ def test_variant_runs_a_value_model_on_the_reward_model(name):
     _, _, ppo_args, model_args = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
     assert ppo_args.value_model == "separate" and ppo_args.value_model_path is None  # initialized from the RM
     assert model_args.use_peft and ppo_args.reward == "rm"  # so the value adapter shares the reward model
-    # The top half of the reward model's layers: 6 of the random model's 12, 2 of the tiny base's 4.
-    assert ppo_args.value_adapter_layers == {"speed": 6, "speed-bf16": 6, "quality": 2}[name]
+    # The top quarter of the reward model's layers: 3 of the random model's 12, 1 of the tiny base's 4.
+    assert ppo_args.value_adapter_layers == {"speed": 3, "speed-bf16": 3, "quality": 1}[name]
 
 
 def test_speed_report_holds_each_of_our_sides_against_the_targets():
