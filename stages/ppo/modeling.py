@@ -3,7 +3,8 @@
 - ``adapter``: one base model holds a policy LoRA adapter and a value LoRA adapter with a scalar head; the
   reference is the same base with adapters disabled. One copy of the base weights serves all three.
 - ``separate``: the value is its own sequence-classification model (initialized from the reward model); the
-  reference is the policy with its adapter disabled (LoRA) or a frozen copy (full fine-tune).
+  reference is the policy with its adapter disabled (LoRA) or a frozen copy (full fine-tune). A LoRA value model
+  can also be the reward source: ``value_base_scorer`` gives its base with the value adapter disabled.
 
 Wrapping policy and value in one ``nn.Module`` lets one optimizer and one DDP/DeepSpeed/FSDP wrapper cover both.
 """
