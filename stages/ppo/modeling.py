@@ -110,12 +110,17 @@ class UpperLayers:
         finally:
             handle.remove()
 
-    def lower_pass(self, trunk: nn.Module, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        """The hidden states entering the first upper layer, from ``trunk``'s lower layers run without gradients
-        (the recording stays for ``run``)."""
+    def lower_pass(
+        self, trunk: nn.Module, input_ids, attention_mask, position_ids, keep_recording: bool = False
+    ) -> torch.Tensor:
+        """The hidden states entering the first upper layer, from ``trunk``'s lower layers run without gradients;
+        with ``keep_recording`` the recording also stays for ``run``."""
         with torch.no_grad(), self.capturing(stop=True):
             trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        return self._recorded[0]
+        hidden = self._recorded[0]
+        if not keep_recording:
+            self._recorded = None
+        return hidden
 
     def run_from(self, trunk: nn.Module, hidden: torch.Tensor, attention_mask, position_ids) -> torch.Tensor:
         """Last hidden states from ``hidden`` entering the first upper layer, any batch: ``trunk`` runs as usual
@@ -241,8 +246,9 @@ class PolicyAndValue(nn.Module):
         if self.one_base or self._upper is None:
             return None
         trunk = trunk_of(self.value_model)
-        hidden = self._upper.lower_pass(trunk, input_ids, attention_mask, position_ids)
-        if not self._checked_run_from:
+        check = not self._checked_run_from
+        hidden = self._upper.lower_pass(trunk, input_ids, attention_mask, position_ids, keep_recording=check)
+        if check:
             # run_from feeds the hidden states in as input embeddings; a body that rescales those (Gemma) would
             # silently compute other values, so the first batch is checked against the recorded layer inputs.
             with torch.no_grad():
