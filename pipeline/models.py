@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -135,9 +135,35 @@ def load_causal_lm(source: str, model_args: ModelArguments) -> PreTrainedModel:
     return model
 
 
+def is_lora_adapter(source: str | Path) -> bool:
+    """Whether ``source`` is a local folder holding a PEFT adapter (``adapter_config.json``) rather than a model."""
+    return (Path(source) / "adapter_config.json").is_file()
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model (hub id or path) a saved PEFT adapter was trained on."""
+    base = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
+    if not base:
+        raise PipelineError(f"the adapter in {adapter_dir} does not name its base model (base_model_name_or_path)")
+    return base
+
+
 def load_sequence_scorer(source: str, model_args: ModelArguments, pad_token_id: int) -> PreTrainedModel:
-    """A sequence-classification model with one output (reward or value), dropout off."""
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **model_load_kwargs(model_args))
+    """A sequence-classification model with one output (reward or value), dropout off. A LoRA adapter folder is
+    applied to the base it names and merged into it."""
+    if is_lora_adapter(source):
+        if model_args.load_in_4bit or model_args.load_in_8bit:
+            raise PipelineError(
+                f"{source} is a LoRA adapter, which cannot be merged into a 4/8-bit model: give the merged reward "
+                "model folder (the RM stage writes it to model/)"
+            )
+        base = resolve_model_source(adapter_base(source), f"base model of the adapter in {source}")
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **model_load_kwargs(model_args))
+        model = PeftModel.from_pretrained(model, source).merge_and_unload()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=1, **model_load_kwargs(model_args)
+        )
     model.config.pad_token_id = pad_token_id
     disable_dropout_in_model(model)
     _keep_4bit_trainable(model)
