@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import stages.ppo.__main__ as ppo_stage
@@ -96,6 +97,37 @@ def tiny_reward_model(base: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
+def randomize_lora(model: torch.nn.Module, std: float = 0.3) -> None:
+    """LoRA starts as a no-op (B = 0); random B makes an adapter change what it touches."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                parameter.normal_(std=std)
+
+
+# As the demo RM config: every linear layer of the body and the token embeddings.
+REWARD_LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens"]
+
+
+def tiny_reward_adapter(base: Path, out: Path, seed: int = 0) -> Path:
+    """A reward model as the RM stage trains it with LoRA: an adapter on ``base`` (random, not a no-op) with a
+    random score head, saved with the tokenizer."""
+    torch.manual_seed(seed)
+    scorer = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    scorer.config.pad_token_id = tokenizer.pad_token_id
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=REWARD_LORA_MODULES, task_type="SEQ_CLS", modules_to_save=["score"]
+    )
+    model = get_peft_model(scorer, config)
+    randomize_lora(model)
+    with torch.no_grad():
+        model.base_model.model.score.modules_to_save["default"].weight.normal_(std=0.5)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def ppo_argv(runs_dir: Path, run: str, sft_model: Path | None, **options) -> list[str]:
     """Command-line arguments for the PPO stage: the demo config, FAST_OPTIONS, then ``options`` (None drops one)."""
     merged = {**FAST_OPTIONS, "runs_dir": runs_dir, "run": run, "sft_model_path": sft_model, **options}
@@ -129,13 +161,15 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
 
 class RecordingTrainer(PPOTrainer):
     """A PPOTrainer that keeps parameter snapshots from before and after ``train`` (and of a frozen reference
-    copy) and this process's own per-update rollout figures, before any averaging across processes."""
+    copy), this process's own per-update rollout figures, before any averaging across processes, and its episodes
+    with their scores."""
 
     latest: RecordingTrainer | None = None
 
     def train(self) -> dict[str, float]:
         RecordingTrainer.latest = self
         self.local_rollouts: list[dict[str, float]] = []
+        self.rollouts: list[dict[str, torch.Tensor]] = []  # this process's episodes and their reward scores
         self.before = snapshot(self.model)
         reference = self.model.frozen_reference
         self.reference_before = snapshot(reference) if reference is not None else None
@@ -147,6 +181,13 @@ class RecordingTrainer(PPOTrainer):
         return metrics
 
     def rollout_metrics(self, rollout, gold):
+        self.rollouts.append(
+            {
+                "input_ids": rollout.input_ids.cpu(),
+                "attention_mask": rollout.attention_mask.cpu(),
+                "raw_scores": rollout.raw_scores.cpu(),
+            }
+        )
         self.local_rollouts.append(
             {
                 "episodes": len(rollout),

@@ -11,20 +11,24 @@ import pytest
 
 from pipeline.metrics import read_metrics
 from tests.conftest import REPO, subprocess_env
-from tests.ppo_testing import ppo_argv, tiny_reward_model
+from tests.ppo_testing import ppo_argv, tiny_reward_adapter, tiny_reward_model
 
 pytestmark = pytest.mark.slow
 
 PROCESSES, LOCAL_BATCH, UPDATES = 2, 8, 2
 
 
-@pytest.mark.parametrize("layout", ["adapter", "separate"])
+@pytest.mark.parametrize("layout", ["adapter", "reward-adapter", "separate"])
 def test_two_processes_stay_in_sync_and_metrics_cover_both(sft_model, tiny_base, tmp_path, layout):
-    """'adapter': one base; 'separate': a LoRA value model on the reward model, whose base also scores rewards."""
+    """'adapter': one base; 'reward-adapter': one base with the reward adapter on it and the critic started from it;
+    'separate': a LoRA value model on the reward model, whose base also scores rewards."""
     options = {}
     if layout == "separate":
         reward_model = tiny_reward_model(tiny_base, tmp_path / "rm")
         options = {"value_model": "separate", "reward": "rm", "reward_model_path": reward_model}
+    if layout == "reward-adapter":
+        reward_adapter = tiny_reward_adapter(sft_model, tmp_path / "rm-adapter")
+        options = {"reward": "rm", "reward_model_path": reward_adapter, "value_adapter_layers": 1}
     launch = [
         *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"),
         *("--num_processes", str(PROCESSES), "--mixed_precision", "no", "--dynamo_backend", "no"),

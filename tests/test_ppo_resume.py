@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pipeline.metrics import read_metrics
 from tests.conftest import REPO, subprocess_env
-from tests.ppo_testing import ppo_argv, run_ppo, tiny_reward_model
+from tests.ppo_testing import ppo_argv, run_ppo, tiny_reward_adapter, tiny_reward_model
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +31,21 @@ OPTIONS = {
     "kl_horizon": 40,
 }
 # Per value layout: the saved weights compared, and what a checkpoint's tensor names may be besides LoRA weights.
+ONE_BASE_WEIGHTS = (
+    "adapter/adapter_model.safetensors",
+    "value/adapter_model.safetensors",
+    "value/value_head.safetensors",
+)
 WEIGHTS = {
-    "adapter": ("adapter/adapter_model.safetensors", "value/adapter_model.safetensors", "value/value_head.safetensors"),
+    "adapter": ONE_BASE_WEIGHTS,
+    "reward-adapter": ONE_BASE_WEIGHTS,
     "separate": ("adapter/adapter_model.safetensors", "value/adapter_model.safetensors"),
 }
-VALUE_HEAD = {"adapter": "value_head.", "separate": "value_model.base_model.model.score.modules_to_save."}
+VALUE_HEAD = {
+    "adapter": "value_head.",
+    "reward-adapter": "value_head.",
+    "separate": "value_model.base_model.model.score.modules_to_save.",
+}
 # Everything an update logs that depends on the state carried across the resume (not throughput figures).
 CARRIED = ("objective/scores", "objective/kl", "objective/kl_coef", "lr", "loss/policy_avg", "loss/value_avg")
 
@@ -68,13 +78,18 @@ def kill_after_update(argv: list[str], metrics_file: Path, update: int, timeout:
     assert process.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("layout", ["adapter", "separate"])
+@pytest.mark.parametrize("layout", ["adapter", "reward-adapter", "separate"])
 def test_killed_and_resumed_run_matches_an_uninterrupted_run(sft_model, tiny_base, tmp_path, layout):
-    """'separate': a LoRA value model on the reward model that scores the rewards."""
+    """'reward-adapter': one base with the reward adapter on it and the critic started from it (not checkpointed:
+    it is frozen, and loaded again from the reward model's folder); 'separate': a LoRA value model on the reward
+    model that scores the rewards."""
     options = dict(OPTIONS)
     if layout == "separate":
         reward_model = tiny_reward_model(tiny_base, tmp_path / "rm")
         options.update(value_model="separate", reward="rm", reward_model_path=reward_model)
+    if layout == "reward-adapter":
+        reward_adapter = tiny_reward_adapter(sft_model, tmp_path / "rm-adapter")
+        options.update(reward="rm", reward_model_path=reward_adapter, value_adapter_layers=1)
     uninterrupted = run_ppo(ppo_argv(tmp_path, "whole", sft_model, **options))
 
     argv = ppo_argv(tmp_path, "killed", sft_model, **options)
@@ -85,6 +100,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(sft_model, tiny_bas
     # Checkpoints hold what PPO trains (adapters, value head), not the frozen base weights.
     saved = load_file(work / "checkpoints" / f"checkpoint-{SAVE_STEPS}" / "model.safetensors")
     assert saved and all("lora_" in name or name.startswith(VALUE_HEAD[layout]) for name in saved)
+    assert not any(".reward." in name for name in saved)
     assert any(name.startswith(VALUE_HEAD[layout]) for name in saved)
 
     resumed = run_ppo([*argv, "--resume_from_checkpoint", "latest"])

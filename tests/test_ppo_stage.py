@@ -12,15 +12,29 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import stages.ppo.__main__ as ppo_stage
+from pipeline.config import ModelArguments
 from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import read_metrics
 from tests import rewards_for_tests
-from tests.ppo_testing import FAST_OPTIONS, RecordingTrainer, ppo_argv, run_ppo, tiny_reward_model
+from tests.ppo_testing import (
+    FAST_OPTIONS,
+    RecordingTrainer,
+    ppo_argv,
+    run_ppo,
+    tiny_reward_adapter,
+    tiny_reward_model,
+)
 
 
 @pytest.fixture(scope="module")
 def reward_model(tiny_base, tmp_path_factory) -> Path:
     return tiny_reward_model(tiny_base, tmp_path_factory.mktemp("rm") / "model")
+
+
+@pytest.fixture(scope="module")
+def reward_adapter(sft_model, tmp_path_factory) -> Path:
+    """A reward model trained as a LoRA adapter on the SFT model (as the demo's RM stage trains it)."""
+    return tiny_reward_adapter(sft_model, tmp_path_factory.mktemp("rm") / "adapter")
 
 
 @pytest.fixture
@@ -154,6 +168,60 @@ def test_lora_value_model_shares_the_reward_model_that_scores_the_rewards(sft_mo
     )
     expected = fresh([s["prompt"] for s in samples], [s["completion"] for s in samples])
     torch.testing.assert_close(torch.tensor([s["score"] for s in samples]), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("value_init", ["auto", "zero"])
+def test_reward_adapter_on_the_policy_base(sft_model, reward_adapter, tmp_path, recording, monkeypatch, value_init):
+    """A LoRA reward model on the SFT model goes on the policy's base: no second model is loaded, the rewards are its
+    scores of the policy's tokens (before and after the value trained), and by default the critic starts from it."""
+    from pipeline.models import load_sequence_scorer
+    from stages.ppo.modeling import position_ids_from
+
+    def no_second_model(*args, **kwargs):
+        raise AssertionError("a second reward or value model was loaded")
+
+    monkeypatch.setattr("stages.ppo.build.load_sequence_scorer", no_second_model)
+    options = {"reward": "rm", "reward_model_path": reward_adapter, "value_adapter_layers": 1, "value_init": value_init}
+    records = run_ppo(ppo_argv(tmp_path, "r", sft_model, **options))
+    trainer = recording.latest
+    trained = assert_trains_exactly_the_trainable(trainer)  # the reward adapter is in the snapshots and stays put
+    assert any(".reward." in name for name in trainer.before)
+    assert not any(".reward." in name or name.startswith("reward_head") for name in trained)
+    summary = json.loads((tmp_path / "r" / "ppo" / "summary.json").read_text())
+    assert summary["reward_on_policy_base"] is True
+    assert summary["value_init"] == {"auto": "reward", "zero": "zero"}[value_init]
+    if value_init == "zero":  # a zero head: the critic knows nothing of the reward at first
+        assert records[0]["val/value_mean"] == 0 and records[0]["val/explained_variance"] == 0
+    else:  # the critic starts as the reward model's readings of each prefix
+        assert records[0]["val/value_mean"] != 0 and records[0]["val/explained_variance"] != 0
+    pad = AutoTokenizer.from_pretrained(sft_model).pad_token_id
+    merged = load_sequence_scorer(str(reward_adapter), ModelArguments(dtype="float32"), pad)
+    for rollout in trainer.rollouts:
+        mask = rollout["attention_mask"]
+        with torch.no_grad():
+            ids = rollout["input_ids"]
+            expected = merged(input_ids=ids, attention_mask=mask, position_ids=position_ids_from(mask)).logits[:, 0]
+        torch.testing.assert_close(rollout["raw_scores"], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_normalized_scores_from_the_reward_adapter_have_the_reference_mean_removed(
+    sft_model, reward_adapter, tmp_path, recording
+):
+    """normalize_reward scores reference samples with the reward adapter too, and shifts every score by their mean."""
+    options = {"reward": "rm", "reward_model_path": reward_adapter, "normalize_reward": "true", "total_episodes": 16}
+    records = run_ppo(ppo_argv(tmp_path, "r", sft_model, normalize_reward_samples=16, **options))
+    offset = recording.latest.progress.reward_offset
+    assert offset != 0 and math.isfinite(offset)
+    for record, rollout in zip(records, recording.latest.rollouts, strict=True):
+        assert record["objective/raw_scores"] - record["objective/scores"] == pytest.approx(offset, abs=1e-5)
+        assert record["objective/raw_scores"] == pytest.approx(rollout["raw_scores"].mean().item(), abs=1e-5)
+
+
+def test_value_init_reward_without_a_reward_adapter_is_refused(sft_model, reward_model, tmp_path):
+    argv = ppo_argv(tmp_path, "r", sft_model, reward="rm", reward_model_path=reward_model, value_init="reward")
+    with pytest.raises(PipelineError, match="value_init 'reward' needs the reward adapter.*not a LoRA adapter"):
+        ppo_stage.main(argv)
+    assert not (tmp_path / "r").exists()
 
 
 def test_value_learning_rate_applies_to_the_value_parameters_only(sft_model, tmp_path, recording):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
@@ -18,12 +19,13 @@ from pipeline.config import DataArguments, RunArguments, parse_config
 from pipeline.datasets import load_prompt_data
 from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import JsonlMetricsCallback, plot_curves, read_metrics
-from pipeline.models import load_tokenizer, resolve_model_source
+from pipeline.models import adapter_base, is_lora_adapter, load_tokenizer, resolve_model_source
 from pipeline.runs import METRICS, StageDir, begin_stage, end_stage, require_complete
 from reward_models.registry import build_reward
 from stages.ppo.build import build_policy_and_value, reward_model_loader, save_policy_and_value
 from stages.ppo.config import PPOConfig, PPOModelArguments
 from stages.ppo.evaluate import evaluate_policies
+from stages.ppo.reward_adapter import run_reward_model, trained_on
 from stages.ppo.trainer import PPOTrainer
 
 PLOTS = {
@@ -87,6 +89,37 @@ def shares_reward_model(
     )
 
 
+def reward_adapter_on_policy_base(
+    args: PPOConfig, model_args: PPOModelArguments, rm_source: str | None, sft_source: str
+) -> Path | None:
+    """The reward model's LoRA adapter when it goes on the policy's base (see ``share_reward_base``), else None;
+    ``value_init`` 'reward' without one is refused, naming why."""
+    if args.value_model != "adapter":
+        return None
+    reason = _why_not_on_policy_base(args, model_args, rm_source, sft_source)
+    if reason is None:
+        return Path(rm_source)
+    if args.value_init == "reward":
+        raise PipelineError(f"value_init 'reward' needs the reward adapter on the policy's base, but {reason}")
+    return None
+
+
+def _why_not_on_policy_base(
+    args: PPOConfig, model_args: PPOModelArguments, rm_source: str | None, sft_source: str
+) -> str | None:
+    if not args.share_reward_base:
+        return "share_reward_base is false"
+    if rm_source is None:
+        return "no reward model is used (neither reward nor gold_reward names 'rm')"
+    if not is_lora_adapter(rm_source):
+        return f"the reward model {rm_source} is a full model, not a LoRA adapter (train the RM stage with use_peft)"
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        return "the policy's base is 4/8-bit"
+    if not trained_on(Path(rm_source), sft_source):
+        return f"the reward adapter was trained on {adapter_base(rm_source)}, not on the SFT model {sft_source}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train the policy with PPO and write ``runs/<run>/ppo/``."""
     run_args, data_args, args, model_args = parse_config(
@@ -101,9 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     sft_source = _input(args.sft_model_path, run_args.runs_dir, run_args.run, "sft", "SFT model")
     specs = f"{args.reward},{args.gold_reward or ''}".split(",")
     needs_rm = "rm" in specs or args.value_model == "separate" and not args.value_model_path
-    rm_source = (
-        _input(args.reward_model_path, run_args.runs_dir, run_args.run, "rm", "reward model") if needs_rm else None
-    )
+    rm_source = None
+    if needs_rm and args.reward_model_path:
+        rm_source = resolve_model_source(args.reward_model_path, "reward model")
+    elif needs_rm:
+        rm_source = str(run_reward_model(require_complete(run_args.runs_dir, run_args.run, "rm")))
+    reward_adapter = reward_adapter_on_policy_base(args, model_args, rm_source, sft_source)
     value_source = resolve_model_source(args.value_model_path, "value model") if args.value_model_path else rm_source
     tokenizer = load_tokenizer(sft_source, model_args.tokenizer_pad_token)
     same_pad = False
@@ -120,8 +156,9 @@ def main(argv: list[str] | None = None) -> None:
             started,
         )
     set_seed(args.seed)  # LoRA and value-head initialization
-    model = build_policy_and_value(sft_source, value_source, model_args, args, tokenizer.pad_token_id)
-    shared = model if shares_reward_model(args, model_args, value_source, rm_source, same_pad) else None
+    model = build_policy_and_value(sft_source, value_source, model_args, args, tokenizer.pad_token_id, reward_adapter)
+    shares = reward_adapter is not None or shares_reward_model(args, model_args, value_source, rm_source, same_pad)
+    shared = model if shares else None
     load_rm = reward_model_loader(rm_source, model_args.dtype, args.local_rollout_forward_batch_size, shared)
     trainer = PPOTrainer(
         args=args,
@@ -156,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
             "episodes_per_second": last.get("eps"),
             "peak_memory_mb": peak_memory_mb(),
             "value_model": args.value_model,
+            "reward_on_policy_base": reward_adapter is not None,
+            "value_init": ("reward" if model.value_reads_reward else "zero") if model.one_base else None,
             "lora": bool(model_args.use_peft),
             **folders,
         }

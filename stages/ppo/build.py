@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from pipeline.errors import PipelineError
 from pipeline.models import load_causal_lm, load_sequence_scorer, load_tokenizer, lora_config, merge_adapter
 from reward_models.learned import LearnedReward
 from stages.ppo.config import PPOConfig
-from stages.ppo.modeling import POLICY_ADAPTER, VALUE_ADAPTER, PolicyAndValue, ValueHead, trunk_of
+from stages.ppo.modeling import POLICY_ADAPTER, REWARD_ADAPTER, VALUE_ADAPTER, PolicyAndValue, ValueHead, trunk_of
+from stages.ppo.reward_adapter import PolicyBaseReward, attach_reward_adapter, copy_reward_into_value_adapter
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -72,9 +74,16 @@ def top_layers_only(config: LoraConfig, model: PreTrainedModel | PeftModel, top_
 
 
 def build_policy_and_value(
-    sft_source: str, value_source: str | None, model_args: ModelArguments, args: PPOConfig, pad_token_id: int
+    sft_source: str,
+    value_source: str | None,
+    model_args: ModelArguments,
+    args: PPOConfig,
+    pad_token_id: int,
+    reward_adapter: Path | None = None,
 ) -> PolicyAndValue:
-    """Policy from the SFT model; reference and value per ``args.value_model`` and ``model_args.use_peft``."""
+    """Policy from the SFT model; reference and value per ``args.value_model`` and ``model_args.use_peft``; with
+    ``reward_adapter`` (adapter layout) the reward adapter on the policy's base too, and unless ``args.value_init``
+    is 'zero' the value adapter and head start as its copies."""
     policy = load_causal_lm(sft_source, model_args)
     if args.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -84,13 +93,24 @@ def build_policy_and_value(
     else:
         reference = load_causal_lm(sft_source, model_args).requires_grad_(False).eval()
     if args.value_model == "adapter":
-        value_config = top_layers_only(lora_config(model_args, "CAUSAL_LM"), policy, args.value_adapter_layers)
-        policy.add_adapter(VALUE_ADAPTER, value_config)
+        reward_head = attach_reward_adapter(policy, reward_adapter) if reward_adapter is not None else None
+        from_reward = reward_head is not None and args.value_init != "zero"
+        # A copy of the reward adapter's settings (rank, modules) when the value adapter starts as its copy.
+        config = (
+            copy.deepcopy(policy.peft_config[REWARD_ADAPTER]) if from_reward else lora_config(model_args, "CAUSAL_LM")
+        )
+        policy.add_adapter(VALUE_ADAPTER, top_layers_only(config, policy, args.value_adapter_layers))
+        value_head = ValueHead(policy.config.hidden_size)
+        if from_reward:
+            copy_reward_into_value_adapter(policy)
+            value_head.start_from(reward_head)
         disable_dropout_in_model(policy)
         return PolicyAndValue(
             policy,
-            value_head=ValueHead(policy.config.hidden_size),
+            value_head=value_head,
             value_adapter_layers=args.value_adapter_layers,
+            reward_head=reward_head,
+            value_reads_reward=from_reward,
         )
     value = load_sequence_scorer(value_source, model_args, pad_token_id)
     if not model_args.use_peft:  # a fully fine-tuned value model trains every layer
@@ -102,8 +122,9 @@ def build_policy_and_value(
 def reward_model_loader(default_path: str | None, dtype: str, batch_size: int, shared: PolicyAndValue | None = None):
     """A loader for learned reward sources: ``rm`` means ``default_path``, anything else is a folder or hub id.
 
-    With ``shared``, the reward model at ``default_path`` is not loaded again: it is the base of that module's LoRA
-    value model, scored with the value adapter disabled.
+    With ``shared``, the reward model at ``default_path`` is not loaded again: it is either the reward adapter on that
+    module's policy base (scored from the policy's token ids in the rollout's pass), or the base of its LoRA value
+    model, scored with the value adapter disabled.
     """
     from pipeline.models import resolve_model_source
 
@@ -114,6 +135,8 @@ def reward_model_loader(default_path: str | None, dtype: str, batch_size: int, s
             path = default_path
         else:
             path = resolve_model_source(spec, "reward model")
+        if shared is not None and path == default_path and shared.scores_rewards:
+            return PolicyBaseReward()
         tokenizer = load_tokenizer(path)
         if shared is not None and path == default_path:
             return LearnedReward(

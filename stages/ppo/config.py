@@ -12,6 +12,7 @@ from pipeline.errors import PipelineError
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 VALUE_LAYOUTS = ("adapter", "separate")
+VALUE_INITS = ("auto", "reward", "zero")
 
 
 @dataclass
@@ -35,7 +36,11 @@ class PPOConfig(TrainingArguments):
     )
     reward_model_path: str | None = field(
         default=None,
-        metadata={"help": "Reward model for the 'rm' reward source. Default: this run's RM (runs/<run>/rm/model)."},
+        metadata={
+            "help": "Reward model for the 'rm' reward source: a model folder or hub id, or a LoRA adapter folder "
+            "(applied to the base it names). Default: this run's RM (runs/<run>/rm/adapter when the RM stage trained "
+            "LoRA, else runs/<run>/rm/model)."
+        },
     )
     reward: str = field(
         default="rm",
@@ -62,6 +67,27 @@ class PPOConfig(TrainingArguments):
             "model's tokenizer."
         },
     )
+    share_reward_base: bool = field(
+        default=True,
+        metadata={
+            "help": "With value_model 'adapter' and a reward model that is a LoRA adapter on the SFT model (the RM "
+            "stage with use_peft), put that adapter and its score head on the policy's base, frozen, instead of "
+            "loading a second model: one base in memory for policy, reference, value and reward. Its score is then "
+            "read from the policy's own token ids (as trl 1.12 does) instead of from re-tokenized text. Not with a "
+            "4/8-bit base."
+        },
+    )
+    value_init: str = field(
+        default="auto",
+        metadata={
+            "help": "value_model 'adapter' only. 'reward': the value adapter starts as a copy of the reward adapter on "
+            "the policy's base (on the top value_adapter_layers layers, reading the reward adapter's hidden states "
+            "below them) and the value head as its score head, so the critic knows the reward from the first update "
+            "(needs share_reward_base and a reward adapter on the SFT model). 'zero': a fresh value adapter on the "
+            "policy's features and a zero head. 'auto': 'reward' when the reward adapter is on the policy's base, "
+            "else 'zero'."
+        },
+    )
     value_model_path: str | None = field(
         default=None, metadata={"help": "Initialization of a 'separate' value model. Default: the reward model."}
     )
@@ -69,9 +95,10 @@ class PPOConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Put the value adapter on only the top N decoder layers, so the value pass trains just those N "
-            "layers. 'adapter': the pass re-runs them from the policy pass's hidden states below them (detached, "
-            "so the value loss does not train the policy) instead of a whole second trunk pass. 'separate' with "
-            "use_peft: the value model's lower layers run without gradients. Default: all layers."
+            "layers. 'adapter': the pass re-runs them from the hidden states below them instead of a whole second "
+            "trunk pass: the policy pass's (detached, so the value loss does not train the policy), or with "
+            "value_init 'reward' the reward pass's of each rollout. 'separate' with use_peft: the value model's "
+            "lower layers run without gradients, once per rollout. Default: all layers."
         },
     )
     # Rollouts
@@ -158,6 +185,7 @@ class PPOConfig(TrainingArguments):
             "kl_estimator": (self.kl_estimator in KL_ESTIMATORS, f"one of {KL_ESTIMATORS}"),
             "kl_control": (self.kl_control in ("fixed", "adaptive"), "'fixed' or 'adaptive'"),
             "value_model": (self.value_model in VALUE_LAYOUTS, f"one of {VALUE_LAYOUTS}"),
+            "value_init": (self.value_init in VALUE_INITS, f"one of {VALUE_INITS}"),
             "temperature": (self.temperature > 0, "positive"),
             "response_length": (self.response_length > 0, "positive"),
             "num_ppo_epochs": (self.num_ppo_epochs > 0, "positive"),

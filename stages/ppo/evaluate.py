@@ -29,16 +29,21 @@ def evaluate_policies(trainer, prompts: Dataset) -> dict:
     for name, use_reference in (("policy", False), ("reference", True)):
         input_ids, attention_mask, responses, mask, _, ended = trainer.sample(rows, use_reference=use_reference)
         completions = decode_completions(trainer.processing_class, responses, mask)
+        scored = None if use_reference else trainer.forward_scores(input_ids, attention_mask, responses)
+        token_scores = (
+            scored.reward_scores if scored is not None else trainer.reward_model_scores(input_ids, attention_mask)
+        )
         per_row = {
-            "score": trainer.score_texts(rows, completions).tolist(),
+            "score": trainer.score_texts(rows, completions, reward_model_scores=token_scores).tolist(),
             "response_length": mask.sum(1).tolist(),
             "eos_rate": ended.float().tolist(),
         }
         if trainer.gold_fn is not None:
-            per_row["gold_score"] = trainer.score_texts(rows, completions, gold=True).tolist()
-        if not use_reference:
-            logprobs, ref_logprobs, *_ = trainer.forward_scores(input_ids, attention_mask, responses)
-            per_row["kl"] = ((logprobs - ref_logprobs) * mask).sum(1).tolist()
+            per_row["gold_score"] = trainer.score_texts(
+                rows, completions, gold=True, reward_model_scores=token_scores
+            ).tolist()
+        if scored is not None:
+            per_row["kl"] = ((scored.logprobs - scored.ref_logprobs) * mask).sum(1).tolist()
         section = {}
         for key, values in per_row.items():
             mean, stderr = _mean_and_stderr(gather_object(values))

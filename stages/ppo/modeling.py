@@ -1,7 +1,10 @@
 """Policy, reference and value in one module, in one of two layouts.
 
 - ``adapter``: one base model holds a policy LoRA adapter and a value LoRA adapter with a scalar head; the
-  reference is the same base with adapters disabled. One copy of the base weights serves all three.
+  reference is the same base with adapters disabled. One copy of the base weights serves all three. A reward model
+  trained as a LoRA adapter on the same base (the RM stage with LoRA) can sit on it as a frozen third adapter with
+  its score head: then the rewards come from that base too (``reward_scores``), and the value adapter and head can
+  start as copies of the reward adapter and head, reading the reward adapter's features below them.
 - ``separate``: the value is its own sequence-classification model (initialized from the reward model); the
   reference is the policy with its adapter disabled (LoRA) or a frozen copy (full fine-tune). A LoRA value model
   can also be the reward source: ``value_base_scorer`` gives its base with the value adapter disabled.
@@ -23,6 +26,7 @@ from pipeline.errors import PipelineError
 
 POLICY_ADAPTER = "default"
 VALUE_ADAPTER = "value"
+REWARD_ADAPTER = "reward"
 
 
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -65,6 +69,12 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+    @torch.no_grad()
+    def start_from(self, score: nn.Linear) -> None:
+        """Start as a copy of a reward model's score head, so the values start as the reward model's readings."""
+        self.summary.weight.copy_(score.weight)
+        self.summary.bias.copy_(score.bias if score.bias is not None else torch.zeros_like(self.summary.bias))
 
 
 class _StopForward(Exception):
@@ -110,17 +120,16 @@ class UpperLayers:
         finally:
             handle.remove()
 
-    def lower_pass(
-        self, trunk: nn.Module, input_ids, attention_mask, position_ids, keep_recording: bool = False
-    ) -> torch.Tensor:
-        """The hidden states entering the first upper layer, from ``trunk``'s lower layers run without gradients;
-        with ``keep_recording`` the recording also stays for ``run``."""
-        with torch.no_grad(), self.capturing(stop=True):
-            trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        hidden = self._recorded[0]
-        if not keep_recording:
-            self._recorded = None
-        return hidden
+    @property
+    def recorded_input(self) -> torch.Tensor:
+        """The hidden states the last capturing pass fed the first upper layer."""
+        if self._recorded is None:
+            raise RuntimeError("the value pass needs a policy pass on the same batch first")
+        return self._recorded[0]
+
+    def forget(self) -> None:
+        """Drop the recording (it holds the layer's inputs: hidden states, masks, position embeddings)."""
+        self._recorded = None
 
     def run_from(self, trunk: nn.Module, hidden: torch.Tensor, attention_mask, position_ids) -> torch.Tensor:
         """Last hidden states from ``hidden`` entering the first upper layer, any batch: ``trunk`` runs as usual
@@ -136,9 +145,7 @@ class UpperLayers:
 
     def run(self) -> torch.Tensor:
         """Last hidden states from the recorded input (consumed: each recording serves one run)."""
-        if self._recorded is None:
-            raise RuntimeError("the value pass needs a policy pass on the same batch first")
-        hidden, kwargs = self._recorded
+        hidden, kwargs = self.recorded_input, self._recorded[1]
         self._recorded = None
         for layer in self.layers[self.first :]:
             output = layer(hidden, **kwargs)
@@ -156,20 +163,35 @@ class PolicyAndValue(nn.Module):
         value_model: PreTrainedModel | PeftModel | None = None,
         reference: PreTrainedModel | None = None,
         value_adapter_layers: int | None = None,
+        reward_head: nn.Linear | None = None,
+        value_reads_reward: bool = False,
     ) -> None:
+        """``reward_head``: the score head of a frozen ``REWARD_ADAPTER`` already on the policy's base (one base
+        layout). ``value_reads_reward``: the value adapter on the top layers reads the reward adapter's hidden states
+        below them (it started as a copy of the reward adapter there) instead of the policy's."""
         super().__init__()
         if (value_head is None) == (value_model is None):
             raise ValueError("give either a value head (adapter layout) or a value model (separate layout)")
+        if (reward_head is not None or value_reads_reward) and value_head is None:
+            raise ValueError("a reward adapter on the policy's base needs the adapter layout")
+        if value_reads_reward and reward_head is None:
+            raise ValueError("the value can read the reward adapter's features only when there is one")
         self.policy = policy
         self.value_head = value_head
         self.value_model = value_model
+        self.reward_head = reward_head.requires_grad_(False) if reward_head is not None else None
+        self.value_reads_reward = value_reads_reward
         # The value adapter on the top layers only: the value pass runs just those layers with gradients, from the
-        # policy pass's hidden states (one base) or the value model's own lower layers run without gradients.
+        # policy pass's hidden states (one base), the reward adapter's, or the value model's own lower layers run
+        # without gradients.
         value_base = policy if value_head is not None else value_model
         self._upper = UpperLayers(trunk_of(value_base), value_adapter_layers) if value_adapter_layers else None
         self._checked_run_from = False
         # A frozen full copy is kept out of the module's parameters (it is neither trained nor checkpointed).
         self._reference = [reference] if reference is not None else []
+        self._reward_adapter = [p for name, p in policy.named_parameters() if f".{REWARD_ADAPTER}." in name]
+        for parameter in self._reward_adapter:
+            parameter.requires_grad_(False)
         if value_head is not None:
             value_adapter = [p for name, p in policy.named_parameters() if f".{VALUE_ADAPTER}." in name]
             self._value = list(value_head.parameters()) + value_adapter
@@ -183,6 +205,11 @@ class PolicyAndValue(nn.Module):
     @property
     def one_base(self) -> bool:
         return self.value_head is not None
+
+    @property
+    def scores_rewards(self) -> bool:
+        """Whether a reward adapter sits on the policy's base, so rewards come from ``reward_scores``."""
+        return self.reward_head is not None
 
     def _backbones(self) -> list:
         return [self.policy] + ([self.value_model] if self.value_model is not None else [])
@@ -210,26 +237,39 @@ class PolicyAndValue(nn.Module):
         return {name for name, p in self.named_parameters() if id(p) in wanted}
 
     def _use_adapter(self, name: str) -> None:
-        # PEFT's set_adapter freezes every other adapter; a parameter frozen between forward and backward gets no
-        # gradient, so both adapters are made trainable again after each switch.
+        # PEFT's set_adapter makes the active adapter trainable and freezes every other one; a parameter frozen
+        # between forward and backward gets no gradient, so the trained adapters are made trainable again after
+        # each switch, and the reward adapter frozen again.
         self.policy.set_adapter(name)
         self._restore_trainable()
 
     def _restore_trainable(self) -> None:
         for parameter in self._trainable:
             parameter.requires_grad_(True)
+        for parameter in self._reward_adapter:
+            parameter.requires_grad_(False)
+
+    @contextmanager
+    def _adapter(self, name: str) -> Iterator[None]:
+        """``name`` active on the policy's base inside, the policy adapter again afterwards."""
+        self._use_adapter(name)
+        try:
+            yield
+        finally:
+            self._use_adapter(POLICY_ADAPTER)
 
     def values(self, input_ids, attention_mask, position_ids, keep: int, value_inputs=None) -> torch.Tensor:
         """Value estimates for the last ``keep`` positions (from ``value_inputs`` when given, see ``value_inputs``)."""
         if self.one_base:
-            self._use_adapter(VALUE_ADAPTER)
-            try:
-                if self._upper is not None:
-                    hidden = self._upper.run()
-                else:
+            if self._upper is not None and self.value_reads_reward and value_inputs is None:
+                value_inputs = self.reward_scores(input_ids, attention_mask, position_ids)[1]
+            with self._adapter(VALUE_ADAPTER):
+                if self._upper is None:
                     hidden = last_hidden(self.policy, input_ids, attention_mask, position_ids)
-            finally:
-                self._use_adapter(POLICY_ADAPTER)
+                elif self.value_reads_reward:
+                    hidden = self._upper.run_from(trunk_of(self.policy), value_inputs, attention_mask, position_ids)
+                else:
+                    hidden = self._upper.run()
             return self.value_head(hidden[:, -keep:])
         if self._upper is not None:
             if value_inputs is None:
@@ -242,13 +282,19 @@ class PolicyAndValue(nn.Module):
     def value_inputs(self, input_ids, attention_mask, position_ids) -> torch.Tensor | None:
         """The hidden states entering the value model's lowest trained layer (no gradients), or None when there is
         no frozen lower part (one base, or a value adapter on every layer). They do not change during training, so a
-        rollout computes them once and every value pass on its episodes starts from them."""
+        rollout computes them once and every value pass on its episodes starts from them. (When the value reads the
+        reward adapter's features, ``reward_scores`` gives them.)"""
         if self.one_base or self._upper is None:
             return None
         trunk = trunk_of(self.value_model)
-        check = not self._checked_run_from
-        hidden = self._upper.lower_pass(trunk, input_ids, attention_mask, position_ids, keep_recording=check)
-        if check:
+        with torch.no_grad(), self._upper.capturing(stop=True):
+            trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return self._recorded_value_inputs(trunk, attention_mask, position_ids)
+
+    def _recorded_value_inputs(self, trunk: nn.Module, attention_mask, position_ids) -> torch.Tensor:
+        """The hidden states the last capturing pass fed the value's lowest layer (the recording is dropped)."""
+        hidden = self._upper.recorded_input
+        if not self._checked_run_from:
             # run_from feeds the hidden states in as input embeddings; a body that rescales those (Gemma) would
             # silently compute other values, so the first batch is checked against the recorded layer inputs.
             with torch.no_grad():
@@ -256,15 +302,37 @@ class PolicyAndValue(nn.Module):
                 got = self._upper.run_from(trunk, hidden, attention_mask, position_ids)
             if not torch.allclose(got.float(), expected.float(), atol=1e-4, rtol=1e-3):
                 raise PipelineError(
-                    f"value_adapter_layers with a separate value model needs a body that takes input embeddings as "
-                    f"given (Llama, Mistral, Qwen2); {type(trunk).__name__} does not: leave value_adapter_layers unset"
+                    f"value_adapter_layers with value features from a frozen pass needs a body that takes input "
+                    f"embeddings as given (Llama, Mistral, Qwen2); {type(trunk).__name__} does not: leave "
+                    "value_adapter_layers unset"
                 )
             self._checked_run_from = True
+        self._upper.forget()
         return hidden
+
+    @torch.no_grad()
+    def reward_scores(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The reward adapter's score of each sequence, read at its last attended token (EOS for a finished
+        response), in float32; and, when the value reads the reward adapter's features from the top layers, the
+        hidden states entering the lowest of them (the same pass, so the rollout's reward costs one trunk pass)."""
+        if not self.scores_rewards:
+            raise RuntimeError("no reward adapter on the policy's base")
+        record = self.value_reads_reward and self._upper is not None
+        trunk = trunk_of(self.policy)
+        with self._adapter(REWARD_ADAPTER), self._upper.capturing() if record else nullcontext():
+            hidden = trunk(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+            value_inputs = self._recorded_value_inputs(trunk, attention_mask, position_ids) if record else None
+        last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)
+        final = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        scores = self.reward_head(final.to(self.reward_head.weight.dtype)).squeeze(-1).float()
+        return scores, value_inputs
 
     def policy_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
         """Policy logits for the last ``keep`` positions (recording the value pass's input when it needs one)."""
-        with self._upper.capturing() if self._upper is not None and self.one_base else nullcontext():
+        records = self._upper is not None and self.one_base and not self.value_reads_reward
+        with self._upper.capturing() if records else nullcontext():
             return last_logits(self.policy, input_ids, attention_mask, position_ids, keep)
 
     @property
@@ -309,7 +377,8 @@ class PolicyAndValue(nn.Module):
         """(policy logits, values) for the last ``keep`` positions; ``part`` 'policy' or 'value' computes only that
         one (the other is None), so a training step can free one pass's activations before running the other. With
         ``value_adapter_layers`` in one base the value pass reads the policy pass's hidden states, so 'policy' must
-        come first; with a value model it starts from ``value_inputs`` when given.
+        come first, unless the value reads the reward adapter's features; those, and a value model's lower layers,
+        it starts from ``value_inputs`` when given.
         """
         logits = (
             self.policy_logits(input_ids, attention_mask, position_ids, keep) if part in ("both", "policy") else None

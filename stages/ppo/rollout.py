@@ -29,7 +29,8 @@ class Rollout:
     scores: torch.Tensor  # [B] score used for the reward (after normalization, clipping, penalty)
     raw_scores: torch.Tensor  # [B] the reward source's output
     ended: torch.Tensor  # [B] bool: the response contains EOS
-    value_inputs: torch.Tensor | None = None  # [B, P + T, H] the value model's frozen lower layers' output, if any
+    value_inputs: torch.Tensor | None = None  # [B, P + T, H] the value's frozen lower layers' output, if any
+    reward_model_scores: torch.Tensor | None = None  # [B] the reward adapter's scores on the policy's base, if any
     kl: torch.Tensor = None  # per-token KL estimate
     rewards: torch.Tensor = None
     advantages: torch.Tensor = None
@@ -88,6 +89,17 @@ def generate(
     return torch.cat([F.pad(c, (0, length - c.shape[1]), value=pad_token_id) for c in chunks])
 
 
+@dataclass
+class ForwardScores:
+    """What the no-gradient passes over sampled episodes give (see ``forward_scores``)."""
+
+    logprobs: torch.Tensor  # [B, T]
+    ref_logprobs: torch.Tensor  # [B, T]
+    values: torch.Tensor  # [B, T]
+    value_inputs: torch.Tensor | None  # [B, P + T, H] the value's frozen lower layers' output, if any
+    reward_scores: torch.Tensor | None  # [B] the reward adapter's scores, when it sits on the policy's base
+
+
 @torch.no_grad()
 def forward_scores(
     model: PolicyAndValue,
@@ -96,25 +108,48 @@ def forward_scores(
     responses: torch.Tensor,
     temperature: float,
     chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Policy logprobs, reference logprobs, values and the value model's lower-layer output (or None) of the
-    response tokens (no gradients, in chunks)."""
+) -> ForwardScores:
+    """Policy logprobs, reference logprobs and values of the response tokens, the value's frozen lower-layer output
+    and the reward adapter's scores (no gradients, in chunks)."""
     length = responses.shape[1]
     position_ids = position_ids_from(attention_mask)
-    logprobs, ref_logprobs, values, value_inputs = [], [], [], []
+    logprobs, ref_logprobs, values, value_inputs, rewards = [], [], [], [], []
     for start in range(0, input_ids.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         args = (input_ids[rows], attention_mask[rows], position_ids[rows], length + 1)
-        inputs = model.value_inputs(*args[:3])
+        if model.scores_rewards:
+            reward, inputs = model.reward_scores(*args[:3])
+        else:
+            reward, inputs = None, model.value_inputs(*args[:3])
         logits, value = model(*args, value_inputs=inputs)
         logprobs.append(token_logprobs(logits[:, :-1], responses[rows], temperature))
         values.append(value[:, :-1])
         value_inputs.append(inputs)
+        rewards.append(reward)
         ref_logits = model.reference_logits(*args)
         ref_logprobs.append(token_logprobs(ref_logits[:, :-1], responses[rows], temperature))
         del logits, ref_logits
-    kept = torch.cat(value_inputs) if value_inputs[0] is not None else None
-    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values), kept
+    return ForwardScores(
+        logprobs=torch.cat(logprobs),
+        ref_logprobs=torch.cat(ref_logprobs),
+        values=torch.cat(values),
+        value_inputs=torch.cat(value_inputs) if value_inputs[0] is not None else None,
+        reward_scores=torch.cat(rewards) if rewards[0] is not None else None,
+    )
+
+
+@torch.no_grad()
+def reward_adapter_scores(
+    model: PolicyAndValue, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """The scores of the reward adapter on the policy's base for whole sequences (no gradients, in chunks)."""
+    position_ids = position_ids_from(attention_mask)
+    return torch.cat(
+        [
+            model.reward_scores(input_ids[rows], attention_mask[rows], position_ids[rows])[0]
+            for rows in (slice(start, start + chunk_size) for start in range(0, input_ids.shape[0], chunk_size))
+        ]
+    )
 
 
 def decode_completions(tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:

@@ -43,7 +43,17 @@ from stages.ppo.core import (
 )
 from stages.ppo.kl_control import make_kl_controller
 from stages.ppo.modeling import PolicyAndValue, position_ids_from
-from stages.ppo.rollout import Rollout, decode_completions, forward_scores, generate, score, token_logprobs
+from stages.ppo.reward_adapter import REWARD_MODEL_SCORES
+from stages.ppo.rollout import (
+    ForwardScores,
+    Rollout,
+    decode_completions,
+    forward_scores,
+    generate,
+    reward_adapter_scores,
+    score,
+    token_logprobs,
+)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 SAMPLES = "samples.jsonl"
@@ -204,20 +214,32 @@ class PPOTrainer(Trainer):
             self.processing_class.pad_token_id,
         )
 
-    def score_texts(self, rows: dict[str, list], completions: list[str], gold: bool = False) -> torch.Tensor:
-        """Scores of ``completions`` from the reward source (or the gold scorer), on this process's device."""
+    def score_texts(
+        self,
+        rows: dict[str, list],
+        completions: list[str],
+        gold: bool = False,
+        reward_model_scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores of ``completions`` from the reward source (or the gold scorer), on this process's device. With a
+        reward adapter on the policy's base, its scores of the same episodes (``reward_model_scores``) go to the
+        sources as a column of that name (see ``reward_adapter.PolicyBaseReward``)."""
         columns = {k: v for k, v in rows.items() if k not in ("prompt", "completion", "completions")}
+        if reward_model_scores is not None:
+            columns[REWARD_MODEL_SCORES] = reward_model_scores
         function = self.gold_fn if gold else self.reward_fn
         with self.accelerator.autocast():
             return score(function, rows["prompt"], completions, columns, self.accelerator.device)
 
-    def forward_scores(self, input_ids, attention_mask, responses) -> tuple[torch.Tensor, ...]:
-        """Policy logprobs, reference logprobs, values and value inputs of sampled responses (no gradients, in
-        chunks; see ``rollout.forward_scores``)."""
-        model = self.accelerator.unwrap_model(self.model_wrapped)
+    def _unwrapped(self) -> PolicyAndValue:
+        return self.accelerator.unwrap_model(self.model_wrapped)
+
+    def forward_scores(self, input_ids, attention_mask, responses) -> ForwardScores:
+        """Policy logprobs, reference logprobs, values, value inputs and reward-adapter scores of sampled responses
+        (no gradients, in chunks; see ``rollout.forward_scores``)."""
         with self.accelerator.autocast():
             return forward_scores(
-                model,
+                self._unwrapped(),
                 input_ids,
                 attention_mask,
                 responses,
@@ -225,14 +247,22 @@ class PPOTrainer(Trainer):
                 self.args.local_rollout_forward_batch_size,
             )
 
+    def reward_model_scores(self, input_ids, attention_mask) -> torch.Tensor | None:
+        """The scores of the reward adapter on the policy's base for sampled episodes, or None without one."""
+        model = self._unwrapped()
+        if not model.scores_rewards:
+            return None
+        with self.accelerator.autocast():
+            return reward_adapter_scores(model, input_ids, attention_mask, self.args.local_rollout_forward_batch_size)
+
     @torch.no_grad()
     def make_rollout(self, rows: dict[str, list]) -> tuple[Rollout, list[str]]:
         """Sample, recompute logprobs (policy and reference) and values, score, and shape per-token rewards."""
         args = self.args
         input_ids, attention_mask, responses, response_mask, last_index, ended = self.sample(rows)
-        logprobs, ref_logprobs, values, value_inputs = self.forward_scores(input_ids, attention_mask, responses)
+        scored = self.forward_scores(input_ids, attention_mask, responses)
         completions = decode_completions(self.processing_class, responses, response_mask)
-        raw_scores = self.score_texts(rows, completions)
+        raw_scores = self.score_texts(rows, completions, reward_model_scores=scored.reward_scores)
         scores = raw_scores - self.progress.reward_offset
         if args.score_clip is not None:
             scores = scores.clamp(-args.score_clip, args.score_clip)
@@ -244,13 +274,14 @@ class PPOTrainer(Trainer):
             position_ids=position_ids_from(attention_mask),
             responses=responses,
             response_mask=response_mask,
-            logprobs=logprobs.float(),
-            ref_logprobs=ref_logprobs.float(),
-            values=values.float() * response_mask,
+            logprobs=scored.logprobs.float(),
+            ref_logprobs=scored.ref_logprobs.float(),
+            values=scored.values.float() * response_mask,
             scores=scores,
             raw_scores=raw_scores,
             ended=ended,
-            value_inputs=value_inputs,
+            value_inputs=scored.value_inputs,
+            reward_model_scores=scored.reward_scores,
         )
         rollout.kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, args.kl_estimator) * response_mask
         rollout.rewards = per_token_rewards(scores, rollout.kl, self.kl_controller.value, response_mask, last_index)
@@ -401,7 +432,7 @@ class PPOTrainer(Trainer):
 
     def _keep_trainable_only(self, models, weights, output_dir) -> None:
         # Checkpoints hold what PPO trains (adapters, value head or value model), not the frozen base weights.
-        trainable = self.accelerator.unwrap_model(self.model_wrapped).trainable_names()
+        trainable = self._unwrapped().trainable_names()
         for state in weights:
             for name in [n for n in state if n not in trainable]:
                 del state[name]
@@ -458,8 +489,12 @@ class PPOTrainer(Trainer):
         """Mean score of the reference policy's responses (for ``normalize_reward``), over all processes."""
         shard = rows.shard(self.accelerator.num_processes, self.accelerator.process_index, contiguous=True)
         batch = shard[:]
-        _, _, responses, response_mask, _, _ = self.sample(batch, use_reference=True)
-        scores = self.score_texts(batch, decode_completions(self.processing_class, responses, response_mask))
+        input_ids, attention_mask, responses, response_mask, _, _ = self.sample(batch, use_reference=True)
+        scores = self.score_texts(
+            batch,
+            decode_completions(self.processing_class, responses, response_mask),
+            reward_model_scores=self.reward_model_scores(input_ids, attention_mask),
+        )
         return self.accelerator.gather(scores).float().mean().item()
 
     def train(self) -> dict[str, float]:
@@ -505,7 +540,11 @@ class PPOTrainer(Trainer):
         for update in range(self.progress.update, num_updates):
             rows = self.prompts[batches.indices(update)]
             rollout, completions = self.make_rollout(rows)
-            gold = self.score_texts(rows, completions, gold=True) if self.gold_fn is not None else None
+            gold = (
+                self.score_texts(rows, completions, gold=True, reward_model_scores=rollout.reward_model_scores)
+                if self.gold_fn is not None
+                else None
+            )
             metrics = self.rollout_metrics(rollout, gold)
             self._check_finite(
                 {"objective/scores": metrics["objective/scores"], "objective/kl": metrics["objective/kl"]}
