@@ -5,14 +5,15 @@ batch sizes, lengths, reward and seed. Peak memory is the child's ``ru_maxrss`` 
 measured the same way for both. Episodes per second are taken over the updates after the first (warm-up excluded).
 
 Scenarios:
-  speed       a random ~100M-parameter Llama policy and reward/value model (runs/bench/random-100m) in float32:
-              episodes/s, memory
+  speed       a random ~100M-parameter Llama policy and a reward model trained as a LoRA adapter on it
+              (runs/bench/random-100m) in float32: episodes/s, memory
   speed-bf16  the same models loaded in bfloat16, with bf16 mixed precision, on both sides (LoRA adapters
               stay float32)
-  quality     the demo's SFT policy and reward model: score reached at matched KL to the reference
-Each runs ours twice: in the one-base layout (ours), and with the value adapter on the top quarter of the reward
-model that scores the rewards (ours-rm-critic: --value_model separate, whose critic starts from the reward model as
-trl's does).
+  quality     the demo's SFT policy and LoRA reward model: score reached at matched KL to the reference
+Ours runs the one-base layout: policy, reference, value and the reward adapter on one copy of the base, the value
+adapter and head started from the reward adapter and head (its critic starts from the reward model, as trl's does).
+trl 1.12 gets the same reward model merged into a plain model, as reward model and value model. quality also runs
+ours with a value adapter and head started from scratch (ours-zero-critic: --value_init zero).
 Results go to runs/bench/<scenario>.json, child logs to runs/bench/logs/.
 """
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.metrics import binned_scores, kl_bin_edges, rusage_maxrss_mb, steady_episodes_per_second
+from bench.random_model import REWARD_ADAPTER_DIR, REWARD_DIR
 from pipeline.errors import PipelineError, run_main
 from pipeline.runs import write_json_atomic
 
@@ -44,7 +46,8 @@ DEMO_PROMPTS = ROOT / "data" / "demo" / "prompts_train.jsonl"
 DEMO_EVAL_PROMPTS = ROOT / "data" / "demo" / "prompts_eval.jsonl"
 DEMO_SFT = ROOT / "runs" / "demo" / "sft" / "model"
 DEMO_RM = ROOT / "runs" / "demo" / "rm" / "model"
-RM_CRITIC = "ours-rm-critic"
+DEMO_RM_ADAPTER = ROOT / "runs" / "demo" / "rm" / "adapter"
+ZERO_CRITIC = "ours-zero-critic"
 # Targets the product must show against trl 1.12.0 (ours / trl).
 SPEED_TARGET = 1.5
 MEMORY_TARGET = 0.6
@@ -65,7 +68,10 @@ class Scenario:
     name: str
     description: str
     policy: Path
+    # The reward model merged into a plain model (trl 1.12's reward and value model), and the same reward model as a
+    # LoRA adapter on the policy (ours).
     reward: Path
+    reward_adapter: Path
     prompts: Path
     episodes_per_update: int
     num_mini_batches: int
@@ -86,12 +92,6 @@ class Scenario:
     ours_variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def rm_critic(layers: int) -> tuple[str, ...]:
-    """Our flags for a critic started from the reward model, as trl 1.12's is: a value LoRA adapter on the top
-    ``layers`` layers of the reward model that also scores the rewards (one copy of it in memory)."""
-    return ("--value_model", "separate", "--value_adapter_layers", str(layers))
-
-
 def scenarios() -> dict[str, Scenario]:
     """The benchmark's scenarios; both use LoRA r=16, alpha=32 on the policy and fp32."""
     common = {
@@ -106,10 +106,11 @@ def scenarios() -> dict[str, Scenario]:
         **{
             name: Scenario(
                 name=name,
-                description=f"random ~100M Llama policy + same-size reward/value in {dtype}, 8 episodes/update, "
+                description=f"random ~100M Llama policy + a LoRA reward model on it in {dtype}, 8 episodes/update, "
                 "5 updates",
                 policy=RANDOM_MODEL,
-                reward=RANDOM_MODEL / "reward",
+                reward=RANDOM_MODEL / REWARD_DIR,
+                reward_adapter=RANDOM_MODEL / REWARD_ADAPTER_DIR,
                 prompts=DEMO_PROMPTS,
                 episodes_per_update=8,
                 num_mini_batches=1,
@@ -124,15 +125,15 @@ def scenarios() -> dict[str, Scenario]:
                 bf16=dtype == "bfloat16",
                 value_adapter_layers=3,  # of 12
                 seeds=(0, 1, 2),  # a shared 2-core machine: the median of three runs
-                ours_variants={RM_CRITIC: rm_critic(3)},  # of 12, as the one-base value adapter
             )
             for name, dtype in (("speed", "float32"), ("speed-bf16", "bfloat16"))
         },
         "quality": Scenario(
             name="quality",
-            description="demo SFT policy + demo reward model, 16 episodes/update, 64 updates",
+            description="demo SFT policy + demo LoRA reward model, 16 episodes/update, 64 updates",
             policy=DEMO_SFT,
             reward=DEMO_RM,
+            reward_adapter=DEMO_RM_ADAPTER,
             prompts=DEMO_PROMPTS,
             episodes_per_update=16,
             num_mini_batches=4,
@@ -144,7 +145,7 @@ def scenarios() -> dict[str, Scenario]:
             value_adapter_layers=1,  # of the tiny base's 4
             # Single runs differ by about 0.15 in score at matched KL, and trl's reruns of the same seeds by as much.
             seeds=(0, 1, 2, 3, 4, 5),
-            ours_variants={RM_CRITIC: rm_critic(1)},  # of 4
+            ours_variants={ZERO_CRITIC: ("--value_init", "zero")},
         ),
     }
 
@@ -216,7 +217,7 @@ def ours_command(scenario: Scenario, run: str, seed: int, extra: list[str] = ())
         "--sft_model_path",
         str(scenario.policy),
         "--reward_model_path",
-        str(scenario.reward),
+        str(scenario.reward_adapter),
         "--dataset_name",
         str(scenario.prompts),
         "--eval_dataset_name",
@@ -499,13 +500,18 @@ def ensure_inputs(scenario: Scenario, tokenizer: Path) -> None:
         if not prompts.exists():
             raise PipelineError(f"{prompts} is missing: it is part of the demo data shipped in data/demo")
     if scenario.policy == RANDOM_MODEL:
-        built = RANDOM_MODEL / "reward" / "tokenizer.json"
+        built = RANDOM_MODEL / REWARD_ADAPTER_DIR / "tokenizer.json"
         if not built.exists() or built.read_bytes() != (tokenizer / "tokenizer.json").read_bytes():
             build_random_model(tokenizer)
         return
     for path, target in ((scenario.policy, "make sft"), (scenario.reward, "make rm")):
         if not (path / "config.json").exists():
             raise PipelineError(f"{path} is missing: run `{target}` first (the {scenario.name} scenario needs it)")
+    if not (scenario.reward_adapter / "adapter_config.json").exists():
+        raise PipelineError(
+            f"{scenario.reward_adapter} is missing: the {scenario.name} scenario needs the reward model as a LoRA "
+            "adapter on the SFT model; run `make rm` (the demo RM config trains one)"
+        )
 
 
 def build_random_model(tokenizer: Path) -> None:
@@ -513,6 +519,7 @@ def build_random_model(tokenizer: Path) -> None:
     partial = RANDOM_MODEL.with_name(RANDOM_MODEL.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     command = [sys.executable, "-m", "bench.random_model", "--tokenizer", str(tokenizer), "--out", str(partial)]
+    command += ["--base_name", str(RANDOM_MODEL)]  # where the policy is once the folder is renamed into place
     subprocess.run(command + ["--params", "100M"], cwd=ROOT, check=True, env=os.environ | CHILD_ENV)
     shutil.rmtree(RANDOM_MODEL, ignore_errors=True)
     partial.rename(RANDOM_MODEL)

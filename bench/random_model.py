@@ -1,9 +1,11 @@
-"""Random-weight Llama policy and reward/value model of a chosen size, for speed and memory benchmarks.
+"""Random-weight Llama policy and reward model of a chosen size, for speed and memory benchmarks.
 
 ``python -m bench.random_model --tokenizer build/tiny-base --out runs/bench/random-100m --params 100M`` writes a
-``LlamaForCausalLM`` to OUT and a ``LlamaForSequenceClassification`` (one label) of the same shape to OUT/reward,
-each with the tokenizer. Width, depth and heads are given (default 768 x 12 layers, 12 heads); the MLP width is
-solved for the requested size.
+``LlamaForCausalLM`` to OUT, a random reward model on it as the RM stage trains one with LoRA (a LoRA adapter with a
+score head, on the demo RM config's modules) to OUT/reward-adapter, and that adapter merged into a plain
+``LlamaForSequenceClassification`` (one label) to OUT/reward; each with the tokenizer. The two reward folders are
+the same reward function: ours reads the adapter on the policy's base, trl 1.12 the merged model. Width, depth and
+heads are given (default 768 x 12 layers, 12 heads); the MLP width is solved for the requested size.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoTokenizer,
     LlamaConfig,
@@ -27,6 +30,14 @@ HIDDEN = 768
 LAYERS = 12
 HEADS = 12
 MLP_MULTIPLE = 64
+# The demo RM config's LoRA (configs/demo/rm.yaml): every linear layer of the body and the token embeddings.
+REWARD_LORA = {
+    "r": 16,
+    "lora_alpha": 32,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens"],
+}
+REWARD_ADAPTER_DIR = "reward-adapter"
+REWARD_DIR = "reward"
 _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9}
 
 
@@ -86,35 +97,47 @@ def build_random_models(
     hidden: int = HIDDEN,
     layers: int = LAYERS,
     heads: int = HEADS,
+    base_name: str | None = None,
 ) -> dict[str, int]:
-    """Save a random policy to ``out`` and a same-shape random reward/value model to ``out/reward``.
+    """Save a random policy to ``out``, a random reward LoRA adapter on it to ``out/reward-adapter`` (naming
+    ``base_name``, default ``out``, as its base) and the same reward model merged to ``out/reward``.
 
-    Returns the parameter count of each.
+    Returns the parameter count of the policy and of the merged reward model.
     """
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise PipelineError(f"the tokenizer of '{tokenizer_path}' needs a pad token different from EOS")
     config = llama_config(tokenizer, params, hidden, layers, heads)
-    reward_config = LlamaConfig(**config.to_dict())
-    reward_config.num_labels = 1
-    counts = {}
-    for name, model_class, model_config, folder in (
-        ("policy", LlamaForCausalLM, config, out),
-        ("reward", LlamaForSequenceClassification, reward_config, out / "reward"),
-    ):
-        torch.manual_seed(seed)
-        model = model_class(model_config)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        counts[name] = model.num_parameters()
-    return counts
+    torch.manual_seed(seed)
+    policy = LlamaForCausalLM(config)
+    policy.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+    scorer = LlamaForSequenceClassification.from_pretrained(out, num_labels=1)
+    scorer.config.pad_token_id = tokenizer.pad_token_id
+    adapter_config = LoraConfig(task_type="SEQ_CLS", modules_to_save=["score"], **REWARD_LORA)
+    reward = get_peft_model(scorer, adapter_config)
+    with torch.no_grad():  # LoRA starts as a no-op (B = 0); a random B makes the reward differ from the body's
+        for name, parameter in reward.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                parameter.normal_(std=0.02)
+    reward.peft_config["default"].base_model_name_or_path = base_name or str(out)
+    reward.save_pretrained(out / REWARD_ADAPTER_DIR)
+    tokenizer.save_pretrained(out / REWARD_ADAPTER_DIR)
+    merged = reward.merge_and_unload()
+    merged.save_pretrained(out / REWARD_DIR)
+    tokenizer.save_pretrained(out / REWARD_DIR)
+    return {"policy": policy.num_parameters(), "reward": merged.num_parameters()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="folder with the tokenizer to build the models for")
     parser.add_argument(
-        "--out", required=True, type=Path, help="policy folder; the reward/value model goes to OUT/reward"
+        "--out", required=True, type=Path, help="policy folder; the reward model goes to OUT/reward(-adapter)"
+    )
+    parser.add_argument(
+        "--base_name", help="the policy's path as the reward adapter names it (default OUT; set it when OUT is moved)"
     )
     parser.add_argument("--params", default="100M", help="target size of each model, e.g. 100M")
     parser.add_argument("--hidden", type=int, default=HIDDEN)
@@ -128,10 +151,12 @@ def main(argv: list[str] | None = None) -> None:
             "`python -m pipeline.tiny_base --data data/demo --out build/tiny-base`"
         )
     params = parse_param_count(args.params)
-    counts = build_random_models(args.tokenizer, args.out, params, args.seed, args.hidden, args.layers, args.heads)
+    counts = build_random_models(
+        args.tokenizer, args.out, params, args.seed, args.hidden, args.layers, args.heads, args.base_name
+    )
     print(
-        f"policy: {counts['policy']:,} parameters in {args.out}; "
-        f"reward/value: {counts['reward']:,} in {args.out / 'reward'}"
+        f"policy: {counts['policy']:,} parameters in {args.out}; reward: a LoRA adapter on it in "
+        f"{args.out / REWARD_ADAPTER_DIR}, merged ({counts['reward']:,}) in {args.out / REWARD_DIR}"
     )
 
 

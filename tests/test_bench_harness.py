@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForSequenceClassification, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from bench import compare
 from bench.metrics import (
@@ -19,12 +19,13 @@ from bench.metrics import (
     update_times,
 )
 from bench.random_model import build_random_models, llama_config, llama_param_count, parse_param_count
-from pipeline.config import DataArguments, RunArguments, parse_config
+from pipeline.config import DataArguments, ModelArguments, RunArguments, parse_config
 from pipeline.errors import PipelineError
+from pipeline.models import adapter_base, load_sequence_scorer
 from stages.ppo.config import PPOConfig, PPOModelArguments
 
 ROOT = Path(__file__).resolve().parent.parent
-RM_CRITIC = "ours-rm-critic"
+VARIANT = "ours-variant"
 
 
 @pytest.fixture(scope="module")
@@ -99,26 +100,34 @@ def test_quality_report_compares_each_of_our_variants_with_trl():
 
 
 @pytest.mark.parametrize("name", ["speed", "speed-bf16", "quality"])
-def test_variant_runs_a_value_model_on_the_reward_model(name):
+def test_ours_runs_one_base_with_the_reward_adapter_and_a_critic_from_it(name):
     scenario = compare.scenarios()[name]
-    flags = list(scenario.ours_variants[RM_CRITIC])
-    command = compare.ours_command(scenario, f"bench-{name}", 0, flags)
+    command = compare.ours_command(scenario, f"bench-{name}", 0)
     _, _, ppo_args, model_args = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
-    assert ppo_args.value_model == "separate" and ppo_args.value_model_path is None  # initialized from the RM
-    assert model_args.use_peft and ppo_args.reward == "rm"  # so the value adapter shares the reward model
-    # The top quarter of the reward model's layers: 3 of the random model's 12, 1 of the tiny base's 4.
+    assert ppo_args.value_model == "adapter" and model_args.use_peft and ppo_args.reward == "rm"
+    assert ppo_args.share_reward_base and ppo_args.value_init in ("auto", "reward")
+    assert ppo_args.reward_model_path == str(scenario.reward_adapter) != str(scenario.reward)
+    # The top quarter of the layers: 3 of the random model's 12, 1 of the tiny base's 4.
     assert ppo_args.value_adapter_layers == {"speed": 3, "speed-bf16": 3, "quality": 1}[name]
+
+
+def test_quality_also_runs_a_critic_started_from_scratch():
+    scenario = compare.scenarios()["quality"]
+    flags = list(scenario.ours_variants[compare.ZERO_CRITIC])
+    command = compare.ours_command(scenario, "bench-quality", 0, flags)
+    _, _, ppo_args, _ = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
+    assert ppo_args.value_init == "zero" and ppo_args.reward_model_path == str(scenario.reward_adapter)
 
 
 def test_speed_report_holds_each_of_our_sides_against_the_targets():
     def side(rate: float, peak: float) -> dict:
         return {"episodes_per_second": rate, "peak_rss_mb": peak, "wall_s": 1.0, "runs": []}
 
-    sides = {"ours": side(1.8, 500), "trl": side(1.0, 1000), RM_CRITIC: side(1.2, 700)}
+    sides = {"ours": side(1.8, 500), "trl": side(1.0, 1000), VARIANT: side(1.2, 700)}
     text, derived = compare.report(compare.scenarios()["speed"], sides)
     assert derived["episodes_per_second_ratio"] == pytest.approx(1.8)
-    assert derived[f"episodes_per_second_ratio_{RM_CRITIC}"] == pytest.approx(1.2)
-    assert derived[f"peak_rss_ratio_{RM_CRITIC}"] == pytest.approx(0.7)
+    assert derived[f"episodes_per_second_ratio_{VARIANT}"] == pytest.approx(1.2)
+    assert derived[f"peak_rss_ratio_{VARIANT}"] == pytest.approx(0.7)
     assert text.count("target >= 1.5: met") == 1 and text.count("target >= 1.5: MISSED") == 1
     assert text.count("target <= 0.6: met") == 1 and text.count("target <= 0.6: MISSED") == 1
 
@@ -144,13 +153,32 @@ def test_param_formula_matches_the_model(tokenizer_dir):
 def test_random_models_are_seeded_and_loadable(tokenizer_dir, tmp_path):
     shape = {"hidden": 64, "layers": 2, "heads": 4}
     counts = build_random_models(str(tokenizer_dir), tmp_path / "a", 400_000, seed=3, **shape)
-    build_random_models(str(tokenizer_dir), tmp_path / "b", 400_000, seed=3, **shape)
+    build_random_models(str(tokenizer_dir), tmp_path / "b", 400_000, seed=3, **shape, base_name="elsewhere")
     assert counts["reward"] == counts["policy"] + 64  # the score head replaces the tied LM head
     reward_config = AutoConfig.from_pretrained(tmp_path / "a" / "reward")
     assert reward_config.num_labels == 1 and reward_config.pad_token_id == 0
     first, second = (LlamaForCausalLM.from_pretrained(tmp_path / name) for name in ("a", "b"))
     for (name, weight), other in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(weight, other), name
+    assert adapter_base(tmp_path / "a" / "reward-adapter") == str(tmp_path / "a")
+    assert adapter_base(tmp_path / "b" / "reward-adapter") == "elsewhere"
+
+
+def test_random_reward_adapter_and_merged_reward_model_score_alike(tokenizer_dir, tmp_path):
+    """The two sides of the speed scenarios get the same reward function in two forms."""
+    build_random_models(str(tokenizer_dir), tmp_path / "m", 400_000, seed=3, hidden=64, layers=2, heads=4)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    pad = tokenizer.pad_token_id
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m" / "reward", num_labels=1)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m", num_labels=1)
+    adapter = load_sequence_scorer(str(tmp_path / "m" / "reward-adapter"), ModelArguments(dtype="float32"), pad)
+    input_ids = torch.randint(4, len(tokenizer), (3, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = merged(input_ids=input_ids).logits
+        torch.testing.assert_close(adapter(input_ids=input_ids).logits, expected)
+        # ...and the adapter is not a no-op on the body: the body without it scores otherwise.
+        plain.score.load_state_dict(merged.score.state_dict())
+        assert not torch.allclose(plain(input_ids=input_ids).logits, expected)
 
 
 def _flag(command: list[str], name: str) -> str:
@@ -166,7 +194,9 @@ def test_both_sides_get_the_same_settings(name):
         assert _flag(ours, key) == _flag(trl, key) == str(value), key
     assert ("--bf16" in trl) == scenario.bf16 and (_flag(ours, "bf16") == "true" if scenario.bf16 else True)
     assert _flag(ours, "sft_model_path") == _flag(trl, "policy")
-    assert _flag(ours, "reward_model_path") == _flag(trl, "reward")
+    # The same reward model: ours as the LoRA adapter on the policy, trl's merged into a plain model.
+    assert _flag(ours, "reward_model_path") == str(scenario.reward_adapter)
+    assert _flag(trl, "reward") == str(scenario.reward)
     assert _flag(ours, "dataset_name") == _flag(trl, "prompts")
     assert "--lora" in trl and _flag(ours, "use_peft") == "true"
     assert _flag(ours, "lora_target_modules") == _flag(trl, "lora_target_modules")
@@ -210,6 +240,7 @@ def test_trl112_side_runs_and_reports(tokenizer_dir, tmp_path):
         description="tiny",
         policy=tmp_path / "model",
         reward=tmp_path / "model" / "reward",
+        reward_adapter=tmp_path / "model" / "reward-adapter",
         prompts=prompts,
         episodes_per_update=4,
         num_mini_batches=2,
