@@ -117,9 +117,9 @@ def build_random_models(
     scorer.config.pad_token_id = tokenizer.pad_token_id
     adapter_config = LoraConfig(task_type="SEQ_CLS", modules_to_save=["score"], **REWARD_LORA)
     reward = get_peft_model(scorer, adapter_config)
-    with torch.no_grad():  # LoRA starts as a no-op (B = 0); a random B makes the reward differ from the body's
+    with torch.no_grad():  # LoRA starts as a no-op (B = 0, or A = 0 on embeddings): random ones make it act
         for name, parameter in reward.named_parameters():
-            if "lora_B" in name or "lora_embedding_B" in name:
+            if "lora_B" in name or "lora_embedding" in name:
                 parameter.normal_(std=0.02)
     reward.peft_config["default"].base_model_name_or_path = base_name or str(out)
     reward.save_pretrained(out / REWARD_ADAPTER_DIR)

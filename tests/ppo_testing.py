@@ -98,10 +98,11 @@ def tiny_reward_model(base: Path, out: Path, seed: int = 0) -> Path:
 
 
 def randomize_lora(model: torch.nn.Module, std: float = 0.3) -> None:
-    """LoRA starts as a no-op (B = 0); random B makes an adapter change what it touches."""
+    """LoRA starts as a no-op (B = 0, or A = 0 on embeddings); random weights make an adapter change what it
+    touches."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "lora_B" in name or "lora_embedding_B" in name:
+            if "lora_B" in name or "lora_embedding" in name:
                 parameter.normal_(std=std)
 
 

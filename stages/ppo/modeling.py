@@ -189,9 +189,6 @@ class PolicyAndValue(nn.Module):
         self._checked_run_from = False
         # A frozen full copy is kept out of the module's parameters (it is neither trained nor checkpointed).
         self._reference = [reference] if reference is not None else []
-        self._reward_adapter = [p for name, p in policy.named_parameters() if f".{REWARD_ADAPTER}." in name]
-        for parameter in self._reward_adapter:
-            parameter.requires_grad_(False)
         if value_head is not None:
             value_adapter = [p for name, p in policy.named_parameters() if f".{VALUE_ADAPTER}." in name]
             self._value = list(value_head.parameters()) + value_adapter
@@ -237,17 +234,15 @@ class PolicyAndValue(nn.Module):
         return {name for name, p in self.named_parameters() if id(p) in wanted}
 
     def _use_adapter(self, name: str) -> None:
-        # PEFT's set_adapter makes the active adapter trainable and freezes every other one; a parameter frozen
-        # between forward and backward gets no gradient, so the trained adapters are made trainable again after
-        # each switch, and the reward adapter frozen again.
+        # PEFT's set_adapter makes the active adapter trainable and freezes every other one (the reward adapter too,
+        # once the policy adapter is active again); a parameter frozen between forward and backward gets no
+        # gradient, so the trained adapters are made trainable again after each switch.
         self.policy.set_adapter(name)
         self._restore_trainable()
 
     def _restore_trainable(self) -> None:
         for parameter in self._trainable:
             parameter.requires_grad_(True)
-        for parameter in self._reward_adapter:
-            parameter.requires_grad_(False)
 
     @contextmanager
     def _adapter(self, name: str) -> Iterator[None]:

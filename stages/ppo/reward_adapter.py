@@ -20,7 +20,7 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.models import adapter_base, is_lora_adapter
 from pipeline.runs import MANIFEST, content_hash, read_json
-from stages.ppo.modeling import REWARD_ADAPTER, VALUE_ADAPTER, trunk_of
+from stages.ppo.modeling import REWARD_ADAPTER, VALUE_ADAPTER
 
 # The column in which the trainer hands the reward adapter's scores of the episodes to the reward sources.
 REWARD_MODEL_SCORES = "reward_model_scores"
@@ -103,14 +103,19 @@ def attach_reward_adapter(policy: PeftModel, adapter_dir: Path) -> nn.Linear:
 
 @torch.no_grad()
 def copy_reward_into_value_adapter(policy: PeftModel) -> None:
-    """Set every value-adapter layer's LoRA weights to the reward adapter's in the same module (the value adapter
-    must have the reward adapter's rank and sit on a subset of its modules)."""
+    """Set every value-adapter weight to the reward adapter's in the same module (the value adapter must have the
+    reward adapter's rank and sit on a subset of its modules)."""
     copied = 0
-    for module in trunk_of(policy).modules():
-        if isinstance(module, BaseTunerLayer) and VALUE_ADAPTER in module.lora_A:
-            for part in (module.lora_A, module.lora_B):
-                part[VALUE_ADAPTER].weight.copy_(part[REWARD_ADAPTER].weight)
-            copied += 1
+    for module in policy.modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        for part in (getattr(module, name) for name in module.adapter_layer_names):
+            if VALUE_ADAPTER in part:
+                value, reward = part[VALUE_ADAPTER], part[REWARD_ADAPTER]
+                (value.weight if isinstance(value, nn.Module) else value).copy_(
+                    reward.weight if isinstance(reward, nn.Module) else reward
+                )
+                copied += 1
     if not copied:
         raise RuntimeError("no value-adapter layer to start from the reward adapter")
 
