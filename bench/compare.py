@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shlex
 import shutil
 import statistics
@@ -143,8 +144,9 @@ def scenarios() -> dict[str, Scenario]:
                 "total_episodes": 1024,
             },
             value_adapter_layers=1,  # of the tiny base's 4
-            # Single runs differ by about 0.15 in score at matched KL, and trl's reruns of the same seeds by as much.
-            seeds=(0, 1, 2, 3, 4, 5),
+            # Single runs differ by about 0.15 in score at matched KL, and trl's reruns of the same seeds by as much;
+            # six-run halves of trl's own runs differ by 0.07 (standard deviation), so twelve seeds per side.
+            seeds=tuple(range(12)),
             ours_variants={ZERO_CRITIC: ("--value_init", "zero")},
         ),
     }
@@ -475,9 +477,43 @@ def report(scenario: Scenario, sides: dict[str, dict]) -> tuple[str, dict]:
     if scenario.name == "quality" and records.get("trl"):
         for name in [name for name in records if name.startswith("ours") and records[name]]:
             matched = matched_kl(records[name], records["trl"])
+            if run_records(sides[name]) and run_records(trl):
+                matched["run_level"] = permutation_test(run_records(sides[name]), run_records(trl))
             derived["matched_kl" if name == "ours" else f"matched_kl_{name}"] = matched
             lines += matched_kl_lines(name, matched)
     return "\n".join(lines), derived
+
+
+def run_records(side: dict) -> list[list[dict]]:
+    """One side's per-update records, run by run (one run per seed)."""
+    return [run["records"] for run in side.get("runs", []) if run.get("records")]
+
+
+def permutation_test(ours_runs: list[list[dict]], trl_runs: list[list[dict]], permutations: int = 500) -> dict:
+    """The run-level uncertainty of ``matched_kl``'s difference.
+
+    Updates within a run are correlated (one early jump in KL puts several of them in a sparse bin), so the per-bin
+    standard errors understate how far the difference moves from one set of runs to another. Here the runs of both
+    sides are pooled and split at random into two groups of the sides' sizes, ``permutations`` times (seeded): the
+    standard deviation of the differences under that split is the difference's run-level noise, and the share of
+    splits at least as far from 0 as the observed difference is a two-sided p-value for "the sides differ".
+    """
+    observed = matched_kl([r for run in ours_runs for r in run], [r for run in trl_runs for r in run])["difference"]
+    runs, generator = ours_runs + trl_runs, random.Random(0)
+    null = []
+    for _ in range(permutations):
+        order = generator.sample(range(len(runs)), len(runs))
+        first, second = order[: len(ours_runs)], order[len(ours_runs) :]
+        split = matched_kl([r for i in first for r in runs[i]], [r for i in second for r in runs[i]])["difference"]
+        if split is not None:
+            null.append(split)
+    if observed is None or len(null) < 2:
+        return {"runs": (len(ours_runs), len(trl_runs)), "null_sd": None, "p_value": None}
+    return {
+        "runs": (len(ours_runs), len(trl_runs)),
+        "null_sd": statistics.stdev(null),
+        "p_value": sum(abs(d) >= abs(observed) for d in null) / len(null),
+    }
 
 
 def matched_kl_lines(name: str, matched: dict) -> list[str]:
@@ -491,7 +527,15 @@ def matched_kl_lines(name: str, matched: dict) -> list[str]:
         lines.append(f"  KL {point['kl_low']:>5.1f}-{point['kl_high']:<5.1f} " + ", ".join(cells))
     shared = f"the {matched['shared_bins']} bins with >= {matched['min_updates']} updates on both sides"
     difference = f"{_cell(matched['difference'], 3)} +- {_cell(matched['difference_stderr'], 3)}"
-    return [*lines, f"{name} - trl over {shared}: {difference}"]
+    lines.append(f"{name} - trl over {shared}: {difference} (standard error from the bins)")
+    run_level = matched.get("run_level")
+    if run_level and run_level["null_sd"] is not None:
+        lines.append(
+            f"  run level ({run_level['runs'][0]} vs {run_level['runs'][1]} runs relabelled at random): the difference "
+            f"moves by {run_level['null_sd']:.3f} (sd); p = {run_level['p_value']:.2f} that the sides differ this much "
+            "by chance"
+        )
+    return lines
 
 
 def ensure_inputs(scenario: Scenario, tokenizer: Path) -> None:

@@ -99,6 +99,43 @@ def test_quality_report_compares_each_of_our_variants_with_trl():
     assert "ours - trl over the 1 bins" in text and "ours-x - trl over the 1 bins" in text
 
 
+def _runs(offset: float, count: int, seed: int) -> list[list[dict]]:
+    """Runs of 8 updates whose score follows KL (score = KL / 4 + offset) with per-run noise."""
+    generator = torch.Generator().manual_seed(seed)
+    runs = []
+    for _ in range(count):
+        shift = 0.2 * torch.randn((), generator=generator).item()  # a run-level deviation, shared by its updates
+        runs.append([{"objective/kl": 0.5 + i, "objective/scores": (0.5 + i) / 4 + offset + shift} for i in range(8)])
+    return runs
+
+
+def test_permutation_test_tells_a_real_difference_from_run_to_run_noise():
+    trl = _runs(0.0, 6, seed=0)
+    ahead = compare.permutation_test(_runs(1.0, 6, seed=1), trl, permutations=200)
+    assert ahead["p_value"] < 0.05 and 0 < ahead["null_sd"] < 1.0
+    alike = compare.permutation_test(_runs(0.0, 6, seed=2), trl, permutations=200)
+    assert alike["p_value"] > 0.2 and alike["runs"] == (6, 6)
+    # Whole runs move together, so the run-level noise exceeds the per-bin standard error.
+    flat = compare.matched_kl([r for run in _runs(0.0, 6, seed=2) for r in run], [r for run in trl for r in run])
+    assert alike["null_sd"] > flat["difference_stderr"]
+
+
+def test_quality_report_gives_the_run_level_noise():
+    trl, ours = _runs(0.0, 3, seed=0), _runs(0.5, 3, seed=1)
+    sides = {
+        name: {
+            "records": [r for run in runs for r in run],
+            "runs": [
+                {"seed": seed, "records": run, "load_average_before_after": (0.0, 0.0)} for seed, run in enumerate(runs)
+            ],
+        }
+        for name, runs in (("ours", ours), ("trl", trl))
+    }
+    text, derived = compare.report(compare.scenarios()["quality"], sides)
+    assert derived["matched_kl"]["run_level"]["runs"] == (3, 3)
+    assert "run level (3 vs 3 runs relabelled at random)" in text
+
+
 @pytest.mark.parametrize("name", ["speed", "speed-bf16", "quality"])
 def test_ours_runs_one_base_with_the_reward_adapter_and_a_critic_from_it(name):
     scenario = compare.scenarios()[name]
