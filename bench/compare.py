@@ -475,10 +475,12 @@ def report(scenario: Scenario, sides: dict[str, dict]) -> tuple[str, dict]:
                 )
     records = {name: side.get("records") for name, side in sides.items()}
     if scenario.name == "quality" and records.get("trl"):
+        trl_runs = run_records(sides["trl"])
         for name in [name for name in records if name.startswith("ours") and records[name]]:
             matched = matched_kl(records[name], records["trl"])
-            if run_records(sides[name]) and run_records(trl):
-                matched["run_level"] = permutation_test(run_records(sides[name]), run_records(trl))
+            ours_runs = run_records(sides[name])
+            if ours_runs and trl_runs:
+                matched["run_level"] = permutation_test(ours_runs, trl_runs)
             derived["matched_kl" if name == "ours" else f"matched_kl_{name}"] = matched
             lines += matched_kl_lines(name, matched)
     return "\n".join(lines), derived
