@@ -54,6 +54,10 @@ SPEED_TARGET = 1.5
 MEMORY_TARGET = 0.6
 # The same LoRA on both sides (the demo config's choice of modules).
 LORA = {"lora_r": 16, "lora_alpha": 32, "lora_target_modules": "all-linear"}
+# Ours: the value adapter and head learn at this multiple of the policy's learning rate (--value_learning_rate). A
+# LoRA critic on a few top layers needs a larger step than trl 1.12's fully trained critic, which shares the policy's
+# rate; 2x is the demo preset's ratio too (configs/demo/ppo.yaml).
+OURS_VALUE_LR_RATIO = 2.0
 CHILD_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
 
 
@@ -230,6 +234,7 @@ def ours_command(scenario: Scenario, run: str, seed: int, extra: list[str] = ())
         *_setting_flags(scenario.settings),
         *_setting_flags({"seed": seed}),
         *_setting_flags(OURS_AS_TRL112),
+        *_setting_flags({"value_learning_rate": OURS_VALUE_LR_RATIO * float(scenario.settings["learning_rate"])}),
         "--value_model",
         "adapter",
         "--use_peft",
@@ -635,6 +640,7 @@ def main(argv: list[str] | None = None) -> None:
                 "settings": scenario.settings,
                 "seeds": seeds,
                 "ours_value_adapter_layers": scenario.value_adapter_layers,
+                "ours_value_learning_rate_ratio": OURS_VALUE_LR_RATIO,
                 "ours_extra": args.ours_extra,
                 "ours_variants": scenario.ours_variants,
                 "trl_extra": args.trl_extra,

@@ -146,6 +146,9 @@ def test_ours_runs_one_base_with_the_reward_adapter_and_a_critic_from_it(name):
     assert ppo_args.reward_model_path == str(scenario.reward_adapter) != str(scenario.reward)
     # The top quarter of the layers: 3 of the random model's 12, 1 of the tiny base's 4.
     assert ppo_args.value_adapter_layers == {"speed": 3, "speed-bf16": 3, "quality": 1}[name]
+    # The value adapter learns at twice the policy's rate; trl 1.12's critic shares the policy's.
+    assert ppo_args.value_learning_rate == pytest.approx(2 * ppo_args.learning_rate)
+    assert "--value_learning_rate" not in compare.trl_command(scenario, Path("out.json"), 0)
 
 
 def test_quality_also_runs_a_critic_started_from_scratch():
