@@ -1,8 +1,9 @@
-"""User-facing errors: one clear message, a non-zero exit, no traceback."""
+"""User-facing errors: one clear message, a non-zero exit, no traceback (but the user's own code's)."""
 
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -11,6 +12,11 @@ EXIT_USER_ERROR = 2
 
 class PipelineError(Exception):
     """An error caused by the user's input (config, data, model path); its message says what to do."""
+
+
+class UserCodeError(PipelineError):
+    """An exception raised inside the user's own code (a reward function, say): its traceback is shown, since it
+    points into their code, and then the message naming which of their pieces failed."""
 
 
 def fail(message: str) -> NoReturn:
@@ -24,4 +30,6 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
     try:
         main(argv)
     except PipelineError as error:
+        if isinstance(error, UserCodeError) and error.__cause__ is not None:
+            traceback.print_exception(error.__cause__, file=sys.stderr)
         fail(str(error))

@@ -61,3 +61,15 @@ class LearnedReward:
                 ).to(device)
                 scores.append(model(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def load_learned_reward(source: str, dtype: str, batch_size: int, device) -> LearnedReward:
+    """A reward source from a reward-model folder, hub id or LoRA adapter folder, with its own tokenizer, frozen on
+    ``device``."""
+    from pipeline.config import ModelArguments
+    from pipeline.models import load_sequence_scorer, load_tokenizer, resolve_model_source
+
+    path = resolve_model_source(source, "reward model")
+    tokenizer = load_tokenizer(path)
+    model = load_sequence_scorer(path, ModelArguments(dtype=dtype), tokenizer.pad_token_id)
+    return LearnedReward(model.to(device).requires_grad_(False), tokenizer, batch_size=batch_size)

@@ -6,6 +6,8 @@ from functools import lru_cache
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from reward_models.base import completion_text
+
 
 @lru_cache(maxsize=1)
 def _analyzer() -> SentimentIntensityAnalyzer:
@@ -13,7 +15,8 @@ def _analyzer() -> SentimentIntensityAnalyzer:
     return SentimentIntensityAnalyzer()
 
 
-def vader_reward(prompts: list[str], completions: list[str], **columns) -> list[float]:
-    """VADER compound sentiment of each completion, in [-1, 1]; ``prompts`` and extra columns are ignored."""
+def vader_reward(prompts: list, completions: list, **columns) -> list[float]:
+    """VADER compound sentiment of each completion (text or an assistant message), in [-1, 1]; ``prompts`` and
+    extra columns are ignored."""
     analyzer = _analyzer()
-    return [float(analyzer.polarity_scores(text)["compound"]) for text in completions]
+    return [float(analyzer.polarity_scores(completion_text(c))["compound"]) for c in completions]

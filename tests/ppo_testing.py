@@ -181,7 +181,7 @@ class RecordingTrainer(PPOTrainer):
         self.reference_after = snapshot(reference) if reference is not None else None
         return metrics
 
-    def rollout_metrics(self, rollout, gold):
+    def rollout_metrics(self, rollout, rewards, gold):
         self.rollouts.append(
             {
                 "input_ids": rollout.input_ids.cpu(),
@@ -196,7 +196,7 @@ class RecordingTrainer(PPOTrainer):
                 "num_eos": rollout.ended.sum().item(),
             }
         )
-        return super().rollout_metrics(rollout, gold)
+        return super().rollout_metrics(rollout, rewards, gold)
 
     def trainable(self, which: str) -> dict[str, torch.Tensor]:
         """``before`` or ``after`` restricted to the parameters PPO trains."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 _WORD_I = re.compile(r"\bI\b")
 
 
@@ -19,6 +21,35 @@ def count_i(prompts: list[str], completions: list[str], **columns) -> list[float
 def completion_length(prompts: list[str], completions: list[str], **columns) -> list[float]:
     """Number of characters of each completion."""
     return [float(len(text)) for text in completions]
+
+
+def scaled_length(prompts: list[str], completions: list[str], scale: float = 1.0, **columns) -> list[float]:
+    """Number of characters of each completion times ``scale`` (a keyword argument from reward_kwargs)."""
+    return [scale * len(text) for text in completions]
+
+
+class LengthTarget:
+    """A reward class built from reward_kwargs: minus the distance of each completion's length from ``target``."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def __call__(self, prompts: list[str], completions: list[str], **columns) -> list[float]:
+        return [-float(abs(len(text) - self.target)) for text in completions]
+
+
+class FirstTokenBonus:
+    """An episode source with per-token rewards: 1 on each response's first token."""
+
+    def score_episodes(self, episodes) -> torch.Tensor:
+        rewards = torch.zeros_like(episodes.response_mask, dtype=torch.float32)
+        rewards[:, 0] = 1.0
+        return rewards
+
+
+def raises_value_error(prompts: list[str], completions: list[str], **columns) -> list[float]:
+    """A reward with a bug in it."""
+    raise ValueError(f"no score for {completions[0]!r}")
 
 
 def one_score_too_few(prompts: list[str], completions: list[str], **columns) -> list[float]:

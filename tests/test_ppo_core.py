@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from stages.ppo.core import (
-    entropy_bonus,
     explained_variance,
     gae_advantages,
+    group_zscore,
     kl_estimate,
     masked_mean,
     masked_var,
@@ -15,9 +15,10 @@ from stages.ppo.core import (
     policy_loss,
     truncate_after_eos,
     value_loss,
+    zscore,
 )
 from stages.ppo.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
-from stages.ppo.rollout import token_logprobs
+from stages.ppo.sampling import token_logprobs
 
 EOS, PAD = 2, 0
 
@@ -278,9 +279,44 @@ def test_value_loss_clipping_by_hand():
     assert_close(stats["clipfrac"], 0.5)
 
 
-def test_entropy_bonus_is_masked_mean():
-    # (1 + 2 + 3) / 3 = 2
-    assert_close(entropy_bonus(t([[1.0, 2.0, 3.0, 100.0]]), t([[1, 1, 1, 0]])), 2.0)
+# --- score normalization (RLPrompt's z-score; GRPO-style groups) --------------------------------------------------
+
+
+def test_zscore_by_hand():
+    # population 1, 2, 3, 6: mean 3, unbiased variance (4 + 1 + 0 + 9) / 3 = 14/3, std 2.160247
+    scores = t([1.0, 6.0])
+    expected = [(1 - 3) / (14 / 3) ** 0.5, (6 - 3) / (14 / 3) ** 0.5]
+    assert_close(zscore(scores, t([1.0, 2.0, 3.0, 6.0]), eps=0.0), expected)
+    # RLPrompt's eps: (r - mean) / (std + 1e-4)
+    assert_close(
+        zscore(scores, t([1.0, 2.0, 3.0, 6.0]), eps=1e-4), [(1 - 3) / (2.1602469 + 1e-4), 3 / (2.1602469 + 1e-4)]
+    )
+    # identical scores: 0 / eps = 0, not NaN; a population of one has std 0
+    assert_close(zscore(t([5.0, 5.0]), t([5.0, 5.0]), eps=1e-4), [0.0, 0.0])
+    assert_close(zscore(t([5.0]), t([5.0]), eps=1e-4), [0.0])
+
+
+def test_group_zscore_normalizes_each_prompts_responses_alone():
+    scores = t([1.0, 3.0, 10.0, 30.0])  # two prompts, two responses each
+    # group (1, 3): mean 2, std sqrt(2); group (10, 30): mean 20, std sqrt(200)
+    root2 = 2**0.5
+    assert_close(group_zscore(scores, 2, eps=0.0), [-1 / root2, 1 / root2, -1 / root2, 1 / root2])
+
+
+def test_dense_rewards_add_to_kl_and_score_and_give_hand_computed_returns():
+    """Per-token rewards (one per edit, say) sit on their own tokens next to -beta * KL and the episode score."""
+    responses = torch.tensor([[5, 6, 2, 7]])  # EOS at 2
+    _, mask, last_index, _ = truncate_after_eos(responses, EOS, PAD)
+    kl = t([[0.2, 0.4, 0.0, 9.0]])
+    dense = t([[1.0, -0.5, 2.0, 100.0]])  # the 100 after the end must be ignored
+    rewards = per_token_rewards(t([3.0]), kl, 0.5, mask, last_index, dense)
+    # t0: -0.1 + 1 = 0.9 ; t1: -0.2 - 0.5 = -0.7 ; t2: 0 + 2 + 3 = 5 ; t3: masked
+    assert_close(rewards, [[0.9, -0.7, 5.0, 0.0]])
+    advantages, returns = gae_advantages(rewards, t([[0.5, 1.0, 2.0, 4.0]]), mask, gamma=1.0, lam=0.95)
+    # deltas: t2 = 5 - 2 = 3 ; t1 = -0.7 + 2 - 1 = 0.3 ; t0 = 0.9 + 1 - 0.5 = 1.4
+    # A2 = 3 ; A1 = 0.3 + 0.95 * 3 = 3.15 ; A0 = 1.4 + 0.95 * 3.15 = 4.3925
+    assert_close(advantages, [[4.3925, 3.15, 3.0, 0.0]])
+    assert_close(returns, [[4.8925, 4.15, 5.0, 0.0]])
 
 
 # --- KL controllers ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ reward model and trains without moving it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from pipeline.config import ModelArguments
 from pipeline.errors import PipelineError
 from pipeline.models import load_sequence_scorer
 from stages.ppo.build import build_policy_and_value
-from stages.ppo.config import PPOConfig, PPOModelArguments
+from stages.ppo.config import PPOArguments, PPOModelArguments
+from stages.ppo.layout import decide_layout
 from stages.ppo.modeling import POLICY_ADAPTER, REWARD_ADAPTER, VALUE_ADAPTER, position_ids_from
 from stages.ppo.reward_adapter import trained_on
 from tests.ppo_testing import tiny_reward_adapter
@@ -34,11 +36,13 @@ def merged_reward_model(tiny_base, reward_adapter) -> torch.nn.Module:
     return load_sequence_scorer(str(reward_adapter), ModelArguments(dtype="float32"), pad).eval()
 
 
-def build(tiny_base: Path, reward_adapter: Path | None, value_init: str = "auto", layers: int | None = LAYERS):
+def build(tiny_base: Path, reward_adapter: Path, layers: int | None = LAYERS):
     torch.manual_seed(1)
-    args = PPOConfig(output_dir="unused", value_model="adapter", value_adapter_layers=layers, value_init=value_init)
+    args = PPOArguments(output_dir="unused", value_model="adapter", value_adapter_layers=layers)
     model_args = PPOModelArguments(lora_r=4, lora_alpha=8, lora_target_modules=["all-linear"], dtype="float32")
-    return build_policy_and_value(str(tiny_base), None, model_args, args, pad_token_id=0, reward_adapter=reward_adapter)
+    layout = decide_layout(args, model_args, str(reward_adapter), str(tiny_base), share_reward_base=True)
+    assert layout.reward_adapter == reward_adapter, layout.reward_not_on_base
+    return build_policy_and_value(str(tiny_base), layout, model_args, args, pad_token_id=0)
 
 
 def episodes(pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,7 +78,7 @@ def test_reward_scores_on_the_policy_base_equal_the_merged_reward_model(tiny_bas
     model = build(tiny_base, reward_adapter)
     batch = episodes(merged_reward_model.config.pad_token_id)
     with torch.no_grad():
-        scores, _ = model.reward_scores(*batch)
+        scores = model.reward_scores(*batch[:2])
         expected = merged_reward_model(input_ids=batch[0], attention_mask=batch[1], position_ids=batch[2]).logits
     torch.testing.assert_close(scores, expected[:, 0], atol=1e-5, rtol=1e-4)
     assert scores.std() > 0.01  # the rows' scores differ, so the last-token position is really checked
@@ -85,10 +89,10 @@ def test_value_started_from_the_reward_adapter_reads_as_the_reward_model(
     tiny_base, reward_adapter, merged_reward_model, layers
 ):
     model = build(tiny_base, reward_adapter, layers=layers)
-    assert model.value_reads_reward
+    assert model.scores_rewards
     batch = episodes(merged_reward_model.config.pad_token_id)
     with torch.no_grad():
-        _, value_inputs = model.reward_scores(*batch)
+        _, value_inputs = model.frozen_passes(*batch, keep=5)
         _, values = model(*batch, keep=5, part="value", value_inputs=value_inputs)
         expected = merged_readings(merged_reward_model, batch, keep=5)
     assert (value_inputs is None) == (layers is None)
@@ -98,7 +102,8 @@ def test_value_started_from_the_reward_adapter_reads_as_the_reward_model(
 def test_training_moves_the_policy_and_value_only(tiny_base, reward_adapter, merged_reward_model):
     model = build(tiny_base, reward_adapter)
     batch = episodes(merged_reward_model.config.pad_token_id)
-    scores_before, value_inputs = model.reward_scores(*batch)
+    scores_before = model.reward_scores(*batch[:2])
+    _, value_inputs = model.frozen_passes(*batch, keep=4)
     logits, _ = model(*batch, keep=4, part="policy")
     logits.logsumexp(-1).sum().backward()
     _, values = model(*batch, keep=4, part="value", value_inputs=value_inputs)
@@ -118,21 +123,8 @@ def test_training_moves_the_policy_and_value_only(tiny_base, reward_adapter, mer
     with torch.no_grad():
         for parameter in model.value_parameters():
             parameter.add_(0.5)
-        scores_after, _ = model.reward_scores(*batch)
+        scores_after = model.reward_scores(*batch[:2])
     torch.testing.assert_close(scores_after, scores_before)
-
-
-def test_zero_value_init_keeps_the_reward_adapter_for_the_rewards(tiny_base, reward_adapter, merged_reward_model):
-    model = build(tiny_base, reward_adapter, value_init="zero")
-    assert not model.value_reads_reward and model.scores_rewards
-    batch = episodes(merged_reward_model.config.pad_token_id)
-    with torch.no_grad():
-        scores, value_inputs = model.reward_scores(*batch)
-        model(*batch, keep=4, part="policy")
-        _, values = model(*batch, keep=4, part="value")
-        expected = merged_reward_model(input_ids=batch[0], attention_mask=batch[1], position_ids=batch[2]).logits
-    assert value_inputs is None and not values.any()
-    torch.testing.assert_close(scores, expected[:, 0], atol=1e-5, rtol=1e-4)
 
 
 def test_reward_adapter_must_have_been_trained_on_the_sft_model(tiny_base, reward_adapter, tmp_path):
@@ -152,5 +144,12 @@ def test_reward_adapter_must_have_been_trained_on_the_sft_model(tiny_base, rewar
 
 def test_reward_adapter_from_another_base_is_refused(sft_model, reward_adapter):
     """The adapter's saved copy of the base embeddings it adapted tells a different base apart."""
+    args = PPOArguments(output_dir="unused")
+    model_args = PPOModelArguments(lora_r=4, lora_alpha=8, lora_target_modules=["all-linear"], dtype="float32")
+    layout = decide_layout(args, model_args, str(reward_adapter), str(sft_model), share_reward_base=True)
+    # Named after another base, the adapter is kept off the SFT model's base...
+    assert layout.reward_adapter is None and "not on the SFT model" in layout.reward_not_on_base
+    # ...and forced onto it, its saved copy of the embeddings it adapted tells the bases apart.
+    forced = dataclasses.replace(layout, reward_adapter=reward_adapter)
     with pytest.raises(PipelineError, match="other base weights than the SFT model's"):
-        build(sft_model, reward_adapter)
+        build_policy_and_value(str(sft_model), forced, model_args, args, pad_token_id=0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
 import stages.ppo.__main__ as ppo_stage
 from pipeline.config import ModelArguments
@@ -124,7 +124,15 @@ def test_saved_merged_policy_is_the_base_plus_the_policy_adapter_only(sft_model,
 
 def test_separate_value_model_from_a_reward_model_folder(sft_model, reward_model, tmp_path, recording):
     records = run_ppo(
-        ppo_argv(tmp_path, "r", sft_model, value_model="separate", reward_model_path=reward_model, total_episodes=16)
+        ppo_argv(
+            tmp_path,
+            "r",
+            sft_model,
+            value_model="separate",
+            value_adapter_layers=0,
+            reward_model_path=reward_model,
+            total_episodes=16,
+        )
     )
     trainer = recording.latest
     trained = assert_trains_exactly_the_trainable(trainer)
@@ -136,44 +144,9 @@ def test_separate_value_model_from_a_reward_model_folder(sft_model, reward_model
     assert json.loads((value_dir / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
 
 
-def test_lora_value_model_shares_the_reward_model_that_scores_the_rewards(sft_model, reward_model, tmp_path, recording):
-    """With LoRA the value model is an adapter on the reward model's own weights: the reward is read from that base
-    with the adapter disabled, so the scores stay the reward model's while its value adapter and head train."""
-    from reward_models.learned import LearnedReward
-
-    run_ppo(
-        ppo_argv(
-            tmp_path,
-            "r",
-            sft_model,
-            value_model="separate",
-            value_adapter_layers=1,
-            reward="rm",
-            reward_model_path=reward_model,
-            sample_every=1,
-            total_episodes=24,
-        )
-    )
-    trainer = recording.latest
-    value_model = trainer.accelerator.unwrap_model(trainer.model_wrapped).value_model
-    assert trainer.reward_fn.model is value_model, "a second copy of the reward model was loaded"
-    trained = assert_trains_exactly_the_trainable(trainer)
-    top = value_model.config.num_hidden_layers - 1
-    value_lora = {n for n in trained if n.startswith("value_model.") and "lora_" in n}
-    assert value_lora and all(f"layers.{top}." in n for n in value_lora)
-    # Samples of updates 2 and 3 were scored after the value adapter and head had trained: still the RM's scores.
-    samples = [s for s in read_metrics(tmp_path / "r" / "ppo" / "samples.jsonl") if s["update"] > 1]
-    fresh = LearnedReward(
-        AutoModelForSequenceClassification.from_pretrained(reward_model), AutoTokenizer.from_pretrained(reward_model)
-    )
-    expected = fresh([s["prompt"] for s in samples], [s["completion"] for s in samples])
-    torch.testing.assert_close(torch.tensor([s["score"] for s in samples]), expected, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("value_init", ["auto", "zero"])
-def test_reward_adapter_on_the_policy_base(sft_model, reward_adapter, tmp_path, recording, monkeypatch, value_init):
+def test_reward_adapter_on_the_policy_base(sft_model, reward_adapter, tmp_path, recording, monkeypatch):
     """A LoRA reward model on the SFT model goes on the policy's base: no second model is loaded, the rewards are its
-    scores of the policy's tokens (before and after the value trained), and by default the critic starts from it."""
+    scores of the policy's tokens (before and after the value trained), and the critic starts from it."""
     from pipeline.models import load_sequence_scorer
     from stages.ppo.modeling import position_ids_from
 
@@ -181,19 +154,17 @@ def test_reward_adapter_on_the_policy_base(sft_model, reward_adapter, tmp_path, 
         raise AssertionError("a second reward or value model was loaded")
 
     monkeypatch.setattr("stages.ppo.build.load_sequence_scorer", no_second_model)
-    options = {"reward": "rm", "reward_model_path": reward_adapter, "value_adapter_layers": 1, "value_init": value_init}
+    monkeypatch.setattr("stages.ppo.__main__.load_learned_reward", no_second_model)
+    options = {"reward": "rm", "reward_model_path": reward_adapter, "value_adapter_layers": 1}
     records = run_ppo(ppo_argv(tmp_path, "r", sft_model, **options))
     trainer = recording.latest
     trained = assert_trains_exactly_the_trainable(trainer)  # the reward adapter is in the snapshots and stays put
     assert any(".reward." in name for name in trainer.before)
     assert not any(".reward." in name or name.startswith("reward_head") for name in trained)
     summary = json.loads((tmp_path / "r" / "ppo" / "summary.json").read_text())
-    assert summary["reward_on_policy_base"] is True
-    assert summary["value_init"] == {"auto": "reward", "zero": "zero"}[value_init]
-    if value_init == "zero":  # a zero head: the critic knows nothing of the reward at first
-        assert records[0]["val/value_mean"] == 0 and records[0]["val/explained_variance"] == 0
-    else:  # the critic starts as the reward model's readings of each prefix
-        assert records[0]["val/value_mean"] != 0 and records[0]["val/explained_variance"] != 0
+    assert summary["reward_on_policy_base"] is True and summary["critic_from_reward_model"] is True
+    # the critic starts as the reward model's readings of each prefix (a fresh one would start at 0)
+    assert records[0]["val/value_mean"] != 0 and records[0]["val/explained_variance"] != 0
     pad = AutoTokenizer.from_pretrained(sft_model).pad_token_id
     merged = load_sequence_scorer(str(reward_adapter), ModelArguments(dtype="float32"), pad)
     for rollout in trainer.rollouts:
@@ -217,11 +188,11 @@ def test_normalized_scores_from_the_reward_adapter_have_the_reference_mean_remov
         assert record["objective/raw_scores"] == pytest.approx(rollout["raw_scores"].mean().item(), abs=1e-5)
 
 
-def test_value_init_reward_without_a_reward_adapter_is_refused(sft_model, reward_model, tmp_path):
-    argv = ppo_argv(tmp_path, "r", sft_model, reward="rm", reward_model_path=reward_model, value_init="reward")
-    with pytest.raises(PipelineError, match="value_init 'reward' needs the reward adapter.*not a LoRA adapter"):
-        ppo_stage.main(argv)
-    assert not (tmp_path / "r").exists()
+def test_a_full_reward_model_stays_a_model_of_its_own_and_the_summary_says_why(sft_model, reward_model, tmp_path):
+    run_ppo(ppo_argv(tmp_path, "r", sft_model, reward="rm", reward_model_path=reward_model, total_episodes=8))
+    summary = json.loads((tmp_path / "r" / "ppo" / "summary.json").read_text())
+    assert summary["reward_on_policy_base"] is False and summary["critic_from_reward_model"] is False
+    assert "is a full model, not a LoRA adapter" in summary["reward_not_on_policy_base"]
 
 
 def test_value_learning_rate_applies_to_the_value_parameters_only(sft_model, tmp_path, recording):
@@ -250,7 +221,9 @@ def test_value_model_must_share_the_policy_tokenizer(sft_model, tmp_path):
     }
     (other / "tokenizer.json").write_text(json.dumps(vocab))
     with pytest.raises(PipelineError, match="value_model 'separate' reads the policy's token ids"):
-        run_ppo(ppo_argv(tmp_path, "r", sft_model, value_model="separate", value_model_path=other))
+        run_ppo(
+            ppo_argv(tmp_path, "r", sft_model, value_model="separate", value_adapter_layers=0, value_model_path=other)
+        )
 
 
 def test_full_fine_tune_keeps_a_frozen_reference_copy(sft_model, reward_model, tmp_path, recording):
@@ -261,6 +234,7 @@ def test_full_fine_tune_keeps_a_frozen_reference_copy(sft_model, reward_model, t
             sft_model,
             use_peft="false",
             value_model="separate",
+            value_adapter_layers=0,
             reward_model_path=reward_model,
             learning_rate=1e-4,
             total_episodes=16,

@@ -1,5 +1,6 @@
-"""Reward sources from their spec strings (reward_models.registry.build_reward): vader, module:function, a learned
-reward-model folder with its own tokenizer, weighted sums; bad specs stop with a PipelineError saying what to do."""
+"""Reward sources from their spec strings (reward_models.registry.build_reward_sources): vader, module:function, a
+module:Class built with its reward_kwargs, a learned reward-model folder with its own tokenizer, weighted sums of
+per-episode and per-token sources; bad specs, and rewards that fail, stop with a PipelineError saying what to do."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import read_metrics
 from pipeline.tiny_base import build_model, train_tokenizer
-from reward_models.registry import build_reward
+from reward_models.base import Episodes, call_reward
+from reward_models.registry import build_reward_sources, parse_reward_kwargs
 from reward_models.vader import vader_reward
-from stages.ppo.build import reward_model_loader
-from stages.ppo.rollout import score
+from stages.ppo.__main__ import reward_model_loader
+from tests import rewards_for_tests
 from tests.conftest import DEMO_DATA, TINY_SIZE
 from tests.ppo_testing import ppo_argv, run_ppo, tiny_sft_model
 from tests.rewards_for_tests import count_i
@@ -55,25 +57,69 @@ def no_model(spec: str):
     raise AssertionError(f"{spec!r} should not load a reward model")
 
 
+def loader(rm_source=None, batch_size: int = 8):
+    return reward_model_loader(rm_source, None, "float32", batch_size=batch_size)
+
+
+def text_episodes(prompts: list[str], completions: list[str], length: int = 4, **columns) -> Episodes:
+    """Episodes as a text reward sees them (token tensors of the right shape, all responses of ``length`` tokens)."""
+    count = len(completions)
+    ones = torch.ones(count, length)
+    return Episodes(
+        prompts=prompts,
+        completions=completions,
+        columns=columns,
+        input_ids=torch.zeros(count, length + 2, dtype=torch.long),
+        attention_mask=torch.ones(count, length + 2, dtype=torch.long),
+        responses=torch.zeros(count, length, dtype=torch.long),
+        response_mask=ones,
+        last_index=torch.full((count,), length - 1),
+        ended=torch.ones(count, dtype=torch.bool),
+    )
+
+
+def scores_of(specs: str, weights: str | None = None, load=no_model, kwargs=None) -> torch.Tensor:
+    sources = build_reward_sources(specs, weights, load, parse_reward_kwargs(kwargs, specs.split(",")))
+    return sources(text_episodes(PROMPTS, COMPLETIONS)).scores
+
+
 def test_vader_scores_sentiment():
-    scores = build_reward("vader", None, no_model)(prompts=PROMPTS, completions=COMPLETIONS)
+    scores = scores_of("vader").tolist()
     assert all(-1 <= s <= 1 for s in scores)
     assert scores[0] > 0.3 and scores[1] < -0.3, scores
 
 
 def test_module_function_spec_imports_the_callable():
-    reward = build_reward("tests.rewards_for_tests:count_i", None, no_model)
-    assert reward is count_i
-    assert reward(prompts=PROMPTS, completions=COMPLETIONS) == [2.0, 0.0, 0.0]
+    sources = build_reward_sources("tests.rewards_for_tests:count_i", None, no_model)
+    assert sources.sources == [count_i] and sources.names == ["count_i"]
+    assert scores_of("tests.rewards_for_tests:count_i").tolist() == [2.0, 0.0, 0.0]
+
+
+def test_module_class_is_built_with_its_kwargs_and_a_function_called_with_them():
+    target = '{"tests.rewards_for_tests:LengthTarget": {"target": 6}}'
+    # |len - 6|: " I loved it, I would go again." 30 -> -24 ; " Terrible, dirty and loud." 26 -> -20 ; " Fine." 6 -> 0
+    assert scores_of("tests.rewards_for_tests:LengthTarget", kwargs=target).tolist() == [-24.0, -20.0, -0.0]
+    scaled = '{"tests.rewards_for_tests:scaled_length": {"scale": 0.5}}'
+    assert scores_of("tests.rewards_for_tests:scaled_length", kwargs=scaled).tolist() == [15.0, 13.0, 3.0]
+
+
+def test_per_token_rewards_and_scores_sum_by_weight_separately():
+    episodes = text_episodes(PROMPTS, COMPLETIONS)
+    sources = build_reward_sources(
+        "tests.rewards_for_tests:FirstTokenBonus,tests.rewards_for_tests:count_i", "2,1", no_model
+    )
+    rewards = sources(episodes)
+    assert rewards.scores.tolist() == [2.0, 0.0, 0.0]  # count_i
+    assert rewards.token_rewards.tolist() == [[2.0, 0.0, 0.0, 0.0]] * 3  # 2 x a bonus of 1 on each first token
+    assert rewards.totals.tolist() == [4.0, 2.0, 2.0]
+    assert set(rewards.by_source) == {"FirstTokenBonus", "count_i"}
 
 
 def test_learned_reward_model_folder_retokenizes_with_its_own_tokenizer(own_tokenizer_rm, tiny_base):
     policy_tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     assert len(AutoTokenizer.from_pretrained(own_tokenizer_rm)) == RM_VOCAB < len(policy_tokenizer)
     # A batch of 2 pads the shorter text: the score must still be read at its own EOS.
-    reward = build_reward(str(own_tokenizer_rm), None, reward_model_loader(None, "float32", batch_size=2))
-
-    scores = score(reward, PROMPTS, COMPLETIONS, {}, torch.device("cpu"))
+    scores = scores_of(str(own_tokenizer_rm), load=loader(batch_size=2))
 
     expected = rm_scores_one_by_one(own_tokenizer_rm, PROMPTS, COMPLETIONS)
     torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-5, rtol=0)
@@ -81,17 +127,16 @@ def test_learned_reward_model_folder_retokenizes_with_its_own_tokenizer(own_toke
 
 
 def test_rm_spec_is_the_runs_reward_model(own_tokenizer_rm):
-    reward = build_reward("rm", None, reward_model_loader(str(own_tokenizer_rm), "float32", batch_size=8))
-    scores = reward(prompts=PROMPTS, completions=COMPLETIONS)
+    scores = scores_of("rm", load=loader(str(own_tokenizer_rm)))
     torch.testing.assert_close(scores, torch.tensor(rm_scores_one_by_one(own_tokenizer_rm, PROMPTS, COMPLETIONS)))
 
 
 def test_weighted_sum_of_two_sources():
-    reward = build_reward("vader, tests.rewards_for_tests:count_i", "0.5,2", no_model)
     expected = [
         0.5 * v + 2 * c for v, c in zip(vader_reward(PROMPTS, COMPLETIONS), count_i(PROMPTS, COMPLETIONS), strict=True)
     ]
-    torch.testing.assert_close(reward(prompts=PROMPTS, completions=COMPLETIONS), torch.tensor(expected))
+    # "vader, rm"-style specs with spaces: stripped wherever they are read
+    torch.testing.assert_close(scores_of("vader, tests.rewards_for_tests:count_i", "0.5,2"), torch.tensor(expected))
 
 
 def test_ppo_optimizes_a_weighted_sum_with_a_foreign_tokenizer_reward_model(
@@ -131,13 +176,44 @@ def test_ppo_optimizes_a_weighted_sum_with_a_foreign_tokenizer_reward_model(
 def test_bad_specs_say_what_is_wrong(spec, weights, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PipelineError, match=message):
-        build_reward(spec, weights, reward_model_loader(None, "float32", batch_size=8))
+        build_reward_sources(spec, weights, loader())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ("{not json", r"reward_kwargs is not valid JSON"),
+        ('{"vader": 3}', r"must map each reward spec to an object"),
+        ('{"tests.rewards_for_tests:count_i": {"x": 1}, "other:spec": {}}', r"names \['other:spec'\]"),
+    ],
+)
+def test_bad_reward_kwargs_say_what_is_wrong(kwargs, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_reward_kwargs(kwargs, ["tests.rewards_for_tests:count_i"])
 
 
 def test_reward_with_the_wrong_number_of_scores_is_named():
-    reward = build_reward("tests.rewards_for_tests:one_score_too_few", None, no_model)
+    episodes = text_episodes(PROMPTS, COMPLETIONS)
     with pytest.raises(PipelineError, match=r"'one_score_too_few' returned 2 scores for 3 completions"):
-        score(reward, PROMPTS, COMPLETIONS, {}, torch.device("cpu"))
-    weighted = build_reward("vader,tests.rewards_for_tests:one_score_too_few", None, no_model)
+        call_reward(rewards_for_tests.one_score_too_few, episodes)
+    weighted = build_reward_sources("vader,tests.rewards_for_tests:one_score_too_few", None, no_model)
     with pytest.raises(PipelineError, match=r"'one_score_too_few' returned 2 scores for 3 completions"):
-        weighted(prompts=PROMPTS, completions=COMPLETIONS)
+        weighted(episodes)
+
+
+def test_a_reward_that_raises_is_named_after_its_own_traceback(capsys):
+    """The user's traceback is kept (it points into their code), and the last line names the reward."""
+    sources = build_reward_sources("tests.rewards_for_tests:raises_value_error", None, no_model)
+
+    def run(argv):
+        sources(text_episodes(PROMPTS, COMPLETIONS))
+
+    with pytest.raises(SystemExit) as stopped:
+        run_main(run)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "rewards_for_tests.py" in "\n".join(err) and "ValueError: no score for" in "\n".join(err)
+    assert (
+        err[-1]
+        == "error: reward 'raises_value_error' failed: ValueError: no score for ' I loved it, I would go again.'"
+    )

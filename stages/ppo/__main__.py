@@ -1,4 +1,4 @@
-"""PPO stage: optimize the SFT policy against a reward source with a KL penalty to the SFT reference.
+"""PPO stage: optimize the SFT policy against reward sources with a KL penalty to the SFT reference.
 
 Run: ``accelerate launch -m stages.ppo --config configs/<preset>/ppo.yaml [--field value ...]``.
 """
@@ -8,24 +8,27 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import DistributedType
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, set_seed
 
 from pipeline.config import DataArguments, RunArguments, parse_config
 from pipeline.datasets import load_prompt_data
 from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import JsonlMetricsCallback, plot_curves, read_metrics
-from pipeline.models import adapter_base, is_lora_adapter, load_tokenizer, resolve_model_source
+from pipeline.models import is_lora_adapter, load_tokenizer, resolve_model_source
 from pipeline.runs import METRICS, StageDir, begin_stage, end_stage, require_complete
-from reward_models.registry import build_reward
-from stages.ppo.build import build_policy_and_value, reward_model_loader, save_policy_and_value
+from reward_models.learned import load_learned_reward
+from reward_models.policy_base import PolicyBaseReward
+from reward_models.registry import RewardSource, build_reward_sources, parse_reward_kwargs, parse_specs
+from stages.ppo.build import build_policy_and_value, save_policy_and_value
+from stages.ppo.checkpoints import latest_checkpoint
 from stages.ppo.config import PPOConfig, PPOModelArguments
 from stages.ppo.evaluate import evaluate_policies
-from stages.ppo.reward_adapter import run_reward_model, trained_on
+from stages.ppo.layout import decide_layout
 from stages.ppo.trainer import PPOTrainer
 
 PLOTS = {
@@ -37,13 +40,8 @@ PLOTS = {
     "response_length": ["val/response_length"],
     "clipfrac": ["policy/clipfrac_avg", "val/clipfrac_avg"],
     "approxkl": ["policy/approxkl_avg"],
+    "time": ["time/generation", "time/forward", "time/reward", "time/update"],
 }
-
-
-def _input(path: str | None, runs_dir: str, run: str, stage: str, what: str) -> str:
-    if path:
-        return resolve_model_source(path, what)
-    return str(require_complete(runs_dir, run, stage) / "model")
 
 
 def peak_memory_mb() -> float:
@@ -54,11 +52,15 @@ def peak_memory_mb() -> float:
     return peak_rss / 2**20 if sys.platform == "darwin" else peak_rss / 1024
 
 
-def check_value_tokenizer(policy_tokenizer: PreTrainedTokenizerBase, value_source: str) -> PreTrainedTokenizerBase:
-    """The value model's tokenizer, checked to give every token of the policy's the same id (it reads the policy's
-    token ids)."""
-    value_tokenizer = AutoTokenizer.from_pretrained(value_source)
-    value_vocab = value_tokenizer.get_vocab()
+def run_reward_model(stage_dir: Path) -> Path:
+    """The RM stage's reward model in ``stage_dir``: its LoRA adapter when it trained one, else its full model."""
+    adapter = stage_dir / "adapter"
+    return adapter if is_lora_adapter(adapter) else stage_dir / "model"
+
+
+def check_value_tokenizer(policy_tokenizer: PreTrainedTokenizerBase, value_source: str) -> None:
+    """A separate value model reads the policy's token ids: its tokenizer must give every token the same id."""
+    value_vocab = AutoTokenizer.from_pretrained(value_source).get_vocab()
     differ = [t for t, i in policy_tokenizer.get_vocab().items() if value_vocab.get(t) != i]
     if differ:
         raise PipelineError(
@@ -66,58 +68,37 @@ def check_value_tokenizer(policy_tokenizer: PreTrainedTokenizerBase, value_sourc
             f"tokenizer are missing from the value model's ({value_source}) or have other ids, e.g. {differ[:3]}: "
             "set value_model_path to a model with the SFT model's tokenizer, or use value_model 'adapter'"
         )
-    return value_tokenizer
 
 
-def shares_reward_model(
-    args: PPOConfig, model_args: PPOModelArguments, value_source: str | None, rm_source: str | None, same_pad: bool
-) -> bool:
-    """Whether the LoRA value model's base also scores the rewards, instead of a second copy of the reward model.
-
-    Under DeepSpeed and FSDP the value model's parameters are sharded inside the engine, so the reward model keeps
-    its own copy there; a quantized value model would score rewards in 4/8 bits, so it does too. The value model
-    is loaded with the policy's pad token, where the reward model reads its score, so the two must pad alike.
-    """
-    return (
-        args.value_model == "separate"
-        and model_args.use_peft
-        and same_pad
-        and value_source is not None
-        and value_source == rm_source
-        and not (model_args.load_in_4bit or model_args.load_in_8bit)
-        and PartialState().distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-    )
+def check_resumable(stage: StageDir, args: PPOConfig) -> None:
+    """Before anything is loaded: ``resume_from_checkpoint latest`` needs a checkpoint of an unfinished run."""
+    if str(args.resume_from_checkpoint).lower() not in ("true", "latest"):
+        return
+    if latest_checkpoint(stage.work / "checkpoints") is not None:
+        return
+    if stage.is_complete():
+        raise PipelineError(
+            f"stage 'ppo' of run '{stage.run}' is already complete ({stage.final}): there is nothing to resume. "
+            "Run it again without --resume_from_checkpoint to start afresh (the completed stage is replaced when "
+            "the new run finishes)"
+        )
+    raise PipelineError(f"resume_from_checkpoint: no checkpoint in {stage.work / 'checkpoints'}")
 
 
-def reward_adapter_on_policy_base(
-    args: PPOConfig, model_args: PPOModelArguments, rm_source: str | None, sft_source: str
-) -> Path | None:
-    """The reward model's LoRA adapter when it goes on the policy's base (see ``share_reward_base``), else None;
-    ``value_init`` 'reward' without one is refused, naming why."""
-    if args.value_model != "adapter":
-        return None
-    reason = _why_not_on_policy_base(args, model_args, rm_source, sft_source)
-    if reason is None:
-        return Path(rm_source)
-    if args.value_init == "reward":
-        raise PipelineError(f"value_init 'reward' needs the reward adapter on the policy's base, but {reason}")
-    return None
+def reward_model_loader(
+    rm_source: str | None, on_policy_base: Callable | None, dtype: str, batch_size: int
+) -> Callable[[str], RewardSource]:
+    """Learned reward sources: ``rm`` is the run's reward model (``on_policy_base``, its scorer on the policy's base,
+    when the layout put it there), anything else a folder or hub id."""
 
+    def load(spec: str) -> RewardSource:
+        if spec == "rm" and rm_source is None:
+            raise PipelineError("reward 'rm' needs a reward model: set reward_model_path or run `make rm`")
+        if spec == "rm" and on_policy_base is not None:
+            return PolicyBaseReward(on_policy_base)
+        return load_learned_reward(rm_source if spec == "rm" else spec, dtype, batch_size, PartialState().device)
 
-def _why_not_on_policy_base(
-    args: PPOConfig, model_args: PPOModelArguments, rm_source: str | None, sft_source: str
-) -> str | None:
-    if not args.share_reward_base:
-        return "share_reward_base is false"
-    if rm_source is None:
-        return "no reward model is used (neither reward nor gold_reward names 'rm')"
-    if not is_lora_adapter(rm_source):
-        return f"the reward model {rm_source} is a full model, not a LoRA adapter (train the RM stage with use_peft)"
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        return "the policy's base is 4/8-bit"
-    if not trained_on(Path(rm_source), sft_source):
-        return f"the reward adapter was trained on {adapter_base(rm_source)}, not on the SFT model {sft_source}"
-    return None
+    return load
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,24 +108,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.time()
     stage = StageDir(run_args.runs_dir, run_args.run, "ppo")
-    if args.value_model == "adapter" and not model_args.use_peft:
-        raise PipelineError(
-            "value_model 'adapter' needs use_peft true; use --value_model separate for full fine-tuning"
-        )
-    sft_source = _input(args.sft_model_path, run_args.runs_dir, run_args.run, "sft", "SFT model")
-    specs = f"{args.reward},{args.gold_reward or ''}".split(",")
-    needs_rm = "rm" in specs or args.value_model == "separate" and not args.value_model_path
+    check_resumable(stage, args)
+    if args.sft_model_path:
+        sft_source = resolve_model_source(args.sft_model_path, "SFT model")
+    else:
+        sft_source = str(require_complete(run_args.runs_dir, run_args.run, "sft") / "model")
+    specs = parse_specs(args.reward) + parse_specs(args.gold_reward)
+    reward_kwargs = parse_reward_kwargs(args.reward_kwargs, specs)
     rm_source = None
-    if needs_rm and args.reward_model_path:
-        rm_source = resolve_model_source(args.reward_model_path, "reward model")
-    elif needs_rm:
-        rm_source = str(run_reward_model(require_complete(run_args.runs_dir, run_args.run, "rm")))
-    reward_adapter = reward_adapter_on_policy_base(args, model_args, rm_source, sft_source)
+    if "rm" in specs or args.value_model == "separate" and not args.value_model_path:
+        if args.reward_model_path:
+            rm_source = resolve_model_source(args.reward_model_path, "reward model")
+        else:
+            rm_source = str(run_reward_model(require_complete(run_args.runs_dir, run_args.run, "rm")))
+    layout = decide_layout(args, model_args, rm_source if "rm" in specs else None, sft_source, args.share_reward_base)
     value_source = resolve_model_source(args.value_model_path, "value model") if args.value_model_path else rm_source
     tokenizer = load_tokenizer(sft_source, model_args.tokenizer_pad_token)
-    same_pad = False
-    if args.value_model == "separate":
-        same_pad = check_value_tokenizer(tokenizer, value_source).pad_token_id == tokenizer.pad_token_id
+    if layout.value_model == "separate":
+        check_value_tokenizer(tokenizer, value_source)
     train_rows, eval_rows = load_prompt_data(data_args, tokenizer)
 
     work = begin_stage(stage, resume=bool(args.resume_from_checkpoint))
@@ -156,18 +137,22 @@ def main(argv: list[str] | None = None) -> None:
             started,
         )
     set_seed(args.seed)  # LoRA and value-head initialization
-    model = build_policy_and_value(sft_source, value_source, model_args, args, tokenizer.pad_token_id, reward_adapter)
-    shares = reward_adapter is not None or shares_reward_model(args, model_args, value_source, rm_source, same_pad)
-    shared = model if shares else None
-    load_rm = reward_model_loader(rm_source, model_args.dtype, args.local_rollout_forward_batch_size, shared)
+    model = build_policy_and_value(sft_source, layout, model_args, args, tokenizer.pad_token_id, value_source)
+    on_base = model.reward_scores if model.scores_rewards else None
+    load_rm = reward_model_loader(rm_source, on_base, model_args.dtype, args.local_rollout_forward_batch_size)
     trainer = PPOTrainer(
         args=args,
         model=model,
         tokenizer=tokenizer,
         prompts=train_rows,
-        reward_fn=build_reward(args.reward, args.reward_weights, load_rm),
-        gold_fn=build_reward(args.gold_reward, None, load_rm) if args.gold_reward else None,
+        rewards=build_reward_sources(args.reward, args.reward_weights, load_rm, reward_kwargs),
+        gold=build_reward_sources(args.gold_reward, None, load_rm, reward_kwargs) if args.gold_reward else None,
         work_dir=work,
+        offset_prompts=(
+            train_rows.select(range(min(args.normalize_reward_samples, len(train_rows))))
+            if args.normalize_reward
+            else None
+        ),
         callbacks=[JsonlMetricsCallback(work)],
     )
     last = trainer.train()
@@ -175,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
     summary: dict = {}
     if trainer.accelerator.is_main_process:
-        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-        folders = save_policy_and_value(model, tokenizer, work, sft_source)
+        folders = save_policy_and_value(trainer.unwrapped(), tokenizer, work, sft_source)
         plot_curves(read_metrics(work / METRICS), work / "plots", PLOTS)
         summary = {
             "score": evaluation["policy"]["score"],
@@ -192,10 +176,8 @@ def main(argv: list[str] | None = None) -> None:
             "episodes": last.get("episode"),
             "episodes_per_second": last.get("eps"),
             "peak_memory_mb": peak_memory_mb(),
-            "value_model": args.value_model,
-            "reward_on_policy_base": reward_adapter is not None,
-            "value_init": ("reward" if model.value_reads_reward else "zero") if model.one_base else None,
-            "lora": bool(model_args.use_peft),
+            **layout.describe(),
+            **({"reward_not_on_policy_base": layout.reward_not_on_base} if layout.reward_not_on_base else {}),
             **folders,
         }
     end_stage(stage, summary, started)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+SCORE_NORMALIZATIONS = ("none", "batch", "group")
 WHITEN_EPS = 1e-8
 
 
@@ -100,9 +101,27 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str) -> Tensor:
     raise ValueError(f"unknown KL estimator {kind!r}; expected one of {', '.join(KL_ESTIMATORS)}")
 
 
-def per_token_rewards(scores: Tensor, kl: Tensor, beta: float, mask: Tensor, last_index: Tensor) -> Tensor:
-    """``-beta * kl`` on real tokens (0 elsewhere), plus ``scores[i]`` at ``[i, last_index[i]]`` (the EOS token)."""
+def zscore(scores: Tensor, population: Tensor, eps: float) -> Tensor:
+    """``(scores - mean) / (std + eps)`` with the mean and (unbiased) standard deviation of ``population``; a
+    population of one has standard deviation 0."""
+    std = population.std() if population.numel() > 1 else torch.zeros((), device=population.device)
+    return (scores - population.mean()) / (std + eps)
+
+
+def group_zscore(scores: Tensor, group_size: int, eps: float) -> Tensor:
+    """:func:`zscore` within consecutive groups of ``group_size`` scores (the responses to one prompt)."""
+    groups = scores.view(-1, group_size)
+    return torch.stack([zscore(group, group, eps) for group in groups]).view(-1)
+
+
+def per_token_rewards(
+    scores: Tensor, kl: Tensor, beta: float, mask: Tensor, last_index: Tensor, token_rewards: Tensor | None = None
+) -> Tensor:
+    """``-beta * kl`` on real tokens (0 elsewhere), plus ``scores[i]`` at ``[i, last_index[i]]`` (the episode's last
+    token: its EOS), plus ``token_rewards`` (per-token rewards from dense sources) where given."""
     rewards = torch.where(mask.bool(), -beta * kl, torch.zeros_like(kl))
+    if token_rewards is not None:
+        rewards = rewards + torch.where(mask.bool(), token_rewards.to(rewards.dtype), torch.zeros_like(rewards))
     rows = torch.arange(rewards.size(0), device=rewards.device)
     return rewards.index_put((rows, last_index), scores.to(rewards.dtype), accumulate=True)
 
@@ -162,8 +181,3 @@ def value_loss(
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped_loss > unclipped_loss).to(loss.dtype), mask)}
     return loss, stats
-
-
-def entropy_bonus(entropy: Tensor, mask: Tensor) -> Tensor:
-    """Masked mean per-token entropy (the trainer subtracts ``coef *`` this from the loss)."""
-    return masked_mean(entropy, mask)

@@ -1,8 +1,9 @@
 """A reward model trained as a LoRA adapter on the SFT model (the RM stage with LoRA), put on the policy's own base
 as a frozen third adapter with its score head: one base in memory for policy, reference, value and reward.
 
-The rollout then reads the reward from the policy's own token ids in one pass over that base (see
-``PolicyAndValue.reward_scores``), and the value adapter and head can start as copies of the reward adapter and head.
+The reward is then read from the policy's own token ids by a pass over that base (``PolicyAndValue.reward_scores``,
+served to the engine as a ``reward_models.policy_base.PolicyBaseReward`` source), and the value adapter and head start
+as copies of the reward adapter and head.
 """
 
 from __future__ import annotations
@@ -18,21 +19,13 @@ from peft.utils import load_peft_weights, set_peft_model_state_dict
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models import adapter_base, is_lora_adapter
+from pipeline.models import adapter_base
 from pipeline.runs import MANIFEST, content_hash, read_json
 from stages.ppo.modeling import REWARD_ADAPTER, VALUE_ADAPTER
 
-# The column in which the trainer hands the reward adapter's scores of the episodes to the reward sources.
-REWARD_MODEL_SCORES = "reward_model_scores"
 # The score head of a sequence-classification model in transformers' causal-LM families (Llama, Mistral, Qwen2,
 # Gemma, GPT-2, GPT-NeoX, ...), saved with the adapter as a fully trained module.
 SCORE_HEAD = "score"
-
-
-def run_reward_model(stage_dir: Path) -> Path:
-    """The RM stage's reward model in ``stage_dir``: its LoRA adapter when it trained one, else its full model."""
-    adapter = stage_dir / "adapter"
-    return adapter if is_lora_adapter(adapter) else stage_dir / "model"
 
 
 def _same_model(one: str, other: str) -> bool:
@@ -118,19 +111,3 @@ def copy_reward_into_value_adapter(policy: PeftModel) -> None:
                 copied += 1
     if not copied:
         raise RuntimeError("no value-adapter layer to start from the reward adapter")
-
-
-class PolicyBaseReward:
-    """The reward source for a reward adapter on the policy's base. The trainer scores the policy's token ids with it
-    in the rollout's forward pass and passes the scores in as the ``reward_model_scores`` column, which this hands
-    on, so it sums with other sources like any reward function."""
-
-    __name__ = "reward_model"
-
-    def __call__(self, prompts: list, completions: list, **columns) -> torch.Tensor:
-        scores = columns.get(REWARD_MODEL_SCORES)
-        if scores is None:
-            raise RuntimeError(
-                f"the reward adapter's scores come from the policy's forward pass: pass {REWARD_MODEL_SCORES}"
-            )
-        return scores

@@ -1,4 +1,9 @@
-"""One rollout batch: sample responses, recompute logprobs, reference logprobs and values, score, shape rewards."""
+"""One rollout: prompt rows -> sampled episodes -> logprobs, reference logprobs and values -> shaped rewards, GAE.
+
+The environment's part is the ``Sampler`` (how rows become policy inputs and how the policy samples); the reward
+sources score the ``Episodes`` it returns (``reward_models``); ``shape`` turns their scores and per-token rewards
+into the per-token rewards, advantages and returns PPO trains on.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +11,135 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
-from transformers import GenerationConfig, PreTrainedTokenizerBase
-from trl.trainer.utils import selective_log_softmax
+from transformers import PreTrainedTokenizerBase
 
-from reward_models.base import call_reward
+from reward_models.base import Episodes
+from reward_models.registry import Rewards
+from stages.ppo.config import PPOArguments
+from stages.ppo.core import (
+    gae_advantages,
+    group_zscore,
+    kl_estimate,
+    masked_whiten,
+    per_token_rewards,
+    truncate_after_eos,
+    zscore,
+)
 from stages.ppo.modeling import PolicyAndValue, position_ids_from
+from stages.ppo.sampling import (
+    TokenRules,
+    generate,
+    sampling_config,
+    stop_token_ids,
+    token_logprobs,
+    token_rules,
+    tokenize_prompts,
+)
+
+
+class Sampler:
+    """Turns a batch of prompt rows into episodes: ``num_generations`` responses per prompt, sampled under the
+    rollout's token rules (restricted vocabulary, fixed length), truncated after the first stop token."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, args: PPOArguments, vocab_size: int) -> None:
+        self.tokenizer, self.args = tokenizer, args
+        self.stop_ids = stop_token_ids(tokenizer, args.stop_token, args.stop_token_id)
+        self.rules: TokenRules = token_rules(
+            args.allowed_token_ids, self.stop_ids, args.fixed_response_length, vocab_size
+        )
+        self.config = sampling_config(args.response_length, args.temperature, self.stop_ids, tokenizer.pad_token_id)
+
+    def sample(self, policy, rows: dict[str, list], device: torch.device) -> Episodes:
+        """Sample with ``policy`` (a causal LM, or the reference) for ``rows``: each row's prompt repeated
+        ``num_generations`` times, consecutively, with its other columns."""
+        args, repeat = self.args, self.args.num_generations
+        prompts = [prompt for prompt in rows["prompt"] for _ in range(repeat)]
+        prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, args.max_prompt_length, device)
+        raw = generate(policy, prompt_ids, prompt_mask, self.config, self.rules, args.local_rollout_forward_batch_size)
+        responses, response_mask, last_index, ended = truncate_after_eos(
+            raw, self.stop_ids, self.tokenizer.pad_token_id
+        )
+        if args.fixed_response_length:  # no stop token can be sampled: every episode ends at the fixed length
+            ended = torch.ones_like(ended)
+        texts = [
+            self.tokenizer.decode(row[: int(n)], skip_special_tokens=True)
+            for row, n in zip(responses.tolist(), response_mask.sum(1).tolist(), strict=True)
+        ]
+        conversational = bool(prompts) and isinstance(prompts[0], list)
+        return Episodes(
+            prompts=prompts,
+            completions=[[{"role": "assistant", "content": t}] for t in texts] if conversational else texts,
+            columns={
+                key: [value for value in values for _ in range(repeat)]
+                for key, values in rows.items()
+                if key not in ("prompt", "completion", "completions")
+            },
+            input_ids=torch.cat([prompt_ids, responses], dim=1),
+            attention_mask=torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1),
+            responses=responses,
+            response_mask=response_mask,
+            last_index=last_index,
+            ended=ended,
+        )
+
+
+@dataclass
+class Passes:
+    """What the no-gradient passes over sampled episodes give."""
+
+    logprobs: torch.Tensor  # [B, T]
+    ref_logprobs: torch.Tensor  # [B, T]
+    values: torch.Tensor  # [B, T]
+    value_inputs: torch.Tensor | None  # [B, P + T, H] the hidden states entering the value's top layers, if any
+
+
+@torch.no_grad()
+def forward_passes(
+    model: PolicyAndValue, episodes: Episodes, temperature: float, rules: TokenRules, chunk_size: int
+) -> Passes:
+    """Policy and reference logprobs of the response tokens under the sampling distribution, the values, and the
+    frozen hidden states the value's top layers start from (in chunks)."""
+    input_ids, attention_mask, responses = episodes.input_ids, episodes.attention_mask, episodes.responses
+    length = responses.shape[1]
+    position_ids = position_ids_from(attention_mask)
+    parts: dict[str, list] = {"logprobs": [], "ref_logprobs": [], "values": [], "value_inputs": []}
+    for start in range(0, input_ids.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        batch = (input_ids[rows], attention_mask[rows], position_ids[rows])
+        ref_logits, value_inputs = model.frozen_passes(*batch, keep=length + 1)
+        logits, values = model(*batch, keep=length + 1, value_inputs=value_inputs)
+        parts["logprobs"].append(token_logprobs(logits[:, :-1], responses[rows], temperature, rules))
+        parts["ref_logprobs"].append(token_logprobs(ref_logits[:, :-1], responses[rows], temperature, rules))
+        parts["values"].append(values[:, :-1].float())
+        parts["value_inputs"].append(value_inputs)
+        del logits, ref_logits
+    value_inputs = parts.pop("value_inputs")
+    return Passes(
+        **{key: torch.cat(chunks) for key, chunks in parts.items()},
+        value_inputs=torch.cat(value_inputs) if value_inputs[0] is not None else None,
+    )
 
 
 @dataclass
 class Rollout:
-    """Tensors of one batch of episodes; [B, T] tensors cover the response tokens only."""
+    """The tensors PPO trains on for one batch of episodes; [B, T] tensors cover the response tokens only."""
 
     input_ids: torch.Tensor  # [B, P + T] left-padded prompt + response
     attention_mask: torch.Tensor  # [B, P + T]
     position_ids: torch.Tensor  # [B, P + T]
     responses: torch.Tensor  # [B, T]
-    response_mask: torch.Tensor  # [B, T] 1 up to and including the first EOS
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    scores: torch.Tensor  # [B] score used for the reward (after normalization, clipping, penalty)
-    raw_scores: torch.Tensor  # [B] the reward source's output
-    ended: torch.Tensor  # [B] bool: the response contains EOS
-    value_inputs: torch.Tensor | None = None  # [B, P + T, H] the value's frozen lower layers' output, if any
-    reward_model_scores: torch.Tensor | None = None  # [B] the reward adapter's scores on the policy's base, if any
-    kl: torch.Tensor = None  # per-token KL estimate
-    rewards: torch.Tensor = None
-    advantages: torch.Tensor = None
-    returns: torch.Tensor = None
+    response_mask: torch.Tensor  # [B, T] 1 up to and including each episode's last token
+    logprobs: torch.Tensor  # [B, T] of the sampling policy
+    ref_logprobs: torch.Tensor  # [B, T]
+    values: torch.Tensor  # [B, T]
+    scores: torch.Tensor  # [B] the episode scores placed on the last token (after shaping)
+    raw_scores: torch.Tensor  # [B] the reward sources' per-episode total (scores and per-token rewards), as returned
+    ended: torch.Tensor  # [B] bool
+    kl: torch.Tensor  # [B, T] per-token KL estimate
+    rewards: torch.Tensor  # [B, T] per-token rewards: -beta * KL, the score on the last token, dense rewards
+    advantages: torch.Tensor  # [B, T] whitened GAE advantages
+    returns: torch.Tensor  # [B, T]
+    value_inputs: torch.Tensor | None = None  # [B, P + T, H] see ``Passes``
 
     def __len__(self) -> int:
         return self.responses.shape[0]
@@ -50,122 +155,55 @@ class Rollout:
         )
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Float32 log-probabilities of ``tokens`` under ``logits`` divided by the sampling temperature.
-
-    Half-precision logits are upcast one row at a time: bf16 log-probabilities are too coarse for PPO's ratios, and
-    a float32 copy of all logits at once would cost B x T x vocabulary x 4 bytes.
-    """
-    if logits.dtype in (torch.float32, torch.float64):
-        return selective_log_softmax(logits, tokens, temperature)
-    return torch.stack(
-        [
-            selective_log_softmax(row.float(), row_tokens, temperature)
-            for row, row_tokens in zip(logits, tokens, strict=True)
-        ]
-    )
-
-
-@torch.no_grad()
-def generate(
-    policy,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    generation_config: GenerationConfig,
-    chunk_size: int,
-    pad_token_id: int,
+def shape_scores(
+    scores: torch.Tensor,
+    ended: torch.Tensor,
+    args: PPOArguments,
+    offset: float,
+    gather: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """Sample responses for left-padded prompts in chunks; returns [B, T] response tokens padded with pad."""
-    chunks = []
-    for start in range(0, prompt_ids.shape[0], chunk_size):
-        ids = prompt_ids[start : start + chunk_size]
-        output = policy.generate(
-            input_ids=ids,
-            attention_mask=prompt_mask[start : start + chunk_size],
-            generation_config=generation_config,
-        )
-        chunks.append(output[:, ids.shape[1] :])
-    length = max(chunk.shape[1] for chunk in chunks)
-    return torch.cat([F.pad(c, (0, length - c.shape[1]), value=pad_token_id) for c in chunks])
+    """Per-episode scores as PPO rewards them: minus the reference offset (``normalize_reward``), clipped,
+    penalized for a missing EOS, then z-scored over all processes' episodes (``gather``) or within each prompt's
+    responses, as configured."""
+    scores = scores - offset
+    if args.score_clip is not None:
+        scores = scores.clamp(-args.score_clip, args.score_clip)
+    if args.missing_eos_penalty is not None:
+        scores = scores - args.missing_eos_penalty * (~ended).float()
+    if args.score_normalization == "batch":
+        scores = zscore(scores, gather(scores), args.score_normalization_eps)
+    elif args.score_normalization == "group":
+        scores = group_zscore(scores, args.num_generations, args.score_normalization_eps)
+    return scores
 
 
-@dataclass
-class ForwardScores:
-    """What the no-gradient passes over sampled episodes give (see ``forward_scores``)."""
-
-    logprobs: torch.Tensor  # [B, T]
-    ref_logprobs: torch.Tensor  # [B, T]
-    values: torch.Tensor  # [B, T]
-    value_inputs: torch.Tensor | None  # [B, P + T, H] the value's frozen lower layers' output, if any
-    reward_scores: torch.Tensor | None  # [B] the reward adapter's scores, when it sits on the policy's base
-
-
-@torch.no_grad()
-def forward_scores(
-    model: PolicyAndValue,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    responses: torch.Tensor,
-    temperature: float,
-    chunk_size: int,
-) -> ForwardScores:
-    """Policy logprobs, reference logprobs and values of the response tokens, the value's frozen lower-layer output
-    and the reward adapter's scores (no gradients, in chunks)."""
-    length = responses.shape[1]
-    position_ids = position_ids_from(attention_mask)
-    logprobs, ref_logprobs, values, value_inputs, rewards = [], [], [], [], []
-    for start in range(0, input_ids.shape[0], chunk_size):
-        rows = slice(start, start + chunk_size)
-        args = (input_ids[rows], attention_mask[rows], position_ids[rows], length + 1)
-        if model.scores_rewards:
-            reward, inputs = model.reward_scores(*args[:3])
-        else:
-            reward, inputs = None, model.value_inputs(*args[:3])
-        logits, value = model(*args, value_inputs=inputs)
-        logprobs.append(token_logprobs(logits[:, :-1], responses[rows], temperature))
-        values.append(value[:, :-1])
-        value_inputs.append(inputs)
-        rewards.append(reward)
-        ref_logits = model.reference_logits(*args)
-        ref_logprobs.append(token_logprobs(ref_logits[:, :-1], responses[rows], temperature))
-        del logits, ref_logits
-    return ForwardScores(
-        logprobs=torch.cat(logprobs),
-        ref_logprobs=torch.cat(ref_logprobs),
-        values=torch.cat(values),
-        value_inputs=torch.cat(value_inputs) if value_inputs[0] is not None else None,
-        reward_scores=torch.cat(rewards) if rewards[0] is not None else None,
+def assemble(
+    episodes: Episodes, passes: Passes, rewards: Rewards, scores: torch.Tensor, beta: float, args: PPOArguments
+) -> Rollout:
+    """The rollout PPO trains on: KL-shaped per-token rewards with the score on each episode's last token and the
+    dense rewards on their tokens, GAE advantages (whitened) and returns."""
+    mask = episodes.response_mask
+    kl = kl_estimate(passes.logprobs, passes.ref_logprobs, args.kl_estimator) * mask
+    token_rewards = per_token_rewards(scores, kl, beta, mask, episodes.last_index, rewards.token_rewards)
+    if args.whiten_rewards:
+        token_rewards = masked_whiten(token_rewards, mask, shift_mean=False)
+    values = passes.values * mask
+    advantages, returns = gae_advantages(token_rewards, values, mask, args.gamma, args.lam)
+    return Rollout(
+        input_ids=episodes.input_ids,
+        attention_mask=episodes.attention_mask,
+        position_ids=position_ids_from(episodes.attention_mask),
+        responses=episodes.responses,
+        response_mask=mask,
+        logprobs=passes.logprobs,
+        ref_logprobs=passes.ref_logprobs,
+        values=values,
+        scores=scores,
+        raw_scores=rewards.totals,
+        ended=episodes.ended,
+        kl=kl,
+        rewards=token_rewards,
+        advantages=masked_whiten(advantages, mask),
+        returns=returns,
+        value_inputs=passes.value_inputs,
     )
-
-
-@torch.no_grad()
-def reward_adapter_scores(
-    model: PolicyAndValue, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_size: int
-) -> torch.Tensor:
-    """The scores of the reward adapter on the policy's base for whole sequences (no gradients, in chunks)."""
-    position_ids = position_ids_from(attention_mask)
-    return torch.cat(
-        [
-            model.reward_scores(input_ids[rows], attention_mask[rows], position_ids[rows])[0]
-            for rows in (slice(start, start + chunk_size) for start in range(0, input_ids.shape[0], chunk_size))
-        ]
-    )
-
-
-def decode_completions(tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """Response text up to the first EOS (EOS and padding removed), for reward sources with their own tokenizer."""
-    return [
-        tokenizer.decode(row[: int(n)], skip_special_tokens=True)
-        for row, n in zip(responses.tolist(), mask.sum(1).tolist(), strict=True)
-    ]
-
-
-def score(
-    reward_fn: Callable[..., torch.Tensor],
-    prompts: list[str],
-    completions: list[str],
-    columns: dict[str, list],
-    device: torch.device,
-) -> torch.Tensor:
-    """Scores from a reward source as a float tensor on ``device``."""
-    return call_reward(reward_fn, prompts, completions, **columns).to(device)
