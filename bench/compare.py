@@ -13,7 +13,8 @@ Scenarios:
 Ours runs the one-base layout: policy, reference, value and the reward adapter on one copy of the base, the value
 adapter and head started from the reward adapter and head (its critic starts from the reward model, as trl's does).
 trl 1.12 gets the same reward model merged into a plain model, as reward model and value model. quality also runs
-ours with a value adapter and head started from scratch (ours-zero-critic: --value_init zero).
+ours with a value adapter and head started from scratch (ours-zero-critic: --share_reward_base false, so the reward
+model is a model of its own and the critic on the policy's base starts with a zero head).
 Results go to runs/bench/<scenario>.json, child logs to runs/bench/logs/.
 """
 
@@ -151,7 +152,7 @@ def scenarios() -> dict[str, Scenario]:
             # Single runs differ by about 0.15 in score at matched KL, and trl's reruns of the same seeds by as much;
             # six-run halves of trl's own runs differ by 0.07 (standard deviation), so twelve seeds per side.
             seeds=tuple(range(12)),
-            ours_variants={ZERO_CRITIC: ("--value_init", "zero")},
+            ours_variants={ZERO_CRITIC: ("--share_reward_base", "false")},
         ),
     }
 

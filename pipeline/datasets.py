@@ -613,16 +613,14 @@ def _prompt_source(fmt: str) -> Callable[[dict], str | Messages]:
     }[fmt]
 
 
-def _render(prompt: str | Messages, tokenizer: PreTrainedTokenizerBase) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    if not tokenizer.chat_template:
+def _checked_prompt(prompt: str | Messages, tokenizer: PreTrainedTokenizerBase) -> str | Messages:
+    if isinstance(prompt, list) and not tokenizer.chat_template:
         raise _RowError(
             "prompt",
             f"is a list of chat messages but the tokenizer '{tokenizer.name_or_path}' has no chat template; "
             "give prompts as text or use a tokenizer with a chat template",
         )
-    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return prompt
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -669,16 +667,16 @@ def load_sft_data(args: DataArguments) -> tuple[Dataset, Dataset]:
 
 
 def load_prompt_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Dataset, Dataset]:
-    """Train and eval rows with a string 'prompt' column for RL.
+    """Train and eval rows with a 'prompt' column for RL: text, or chat messages (TRL's conversational format,
+    which the trainer renders with the tokenizer's chat template; it must have one).
 
-    Takes prompt-only rows, or the prompt part of any SFT or preference format. Conversational prompts are
-    rendered with the tokenizer's chat template (with the generation prompt). The columns the prompt was built
+    Takes prompt-only rows, or the prompt part of any SFT or preference format. The columns the prompt was built
     from are replaced by 'prompt'; all other columns (e.g. labels for a task reward) are kept.
     """
 
     def rows_for(fmt: str) -> Callable[[dict], dict]:
         source = _prompt_source(fmt)
-        return lambda row: {"prompt": _render(source(row), tokenizer)}
+        return lambda row: {"prompt": _checked_prompt(source(row), tokenizer)}
 
     return _load_normalized(args, "prompt", rows_for, keep_other_columns=True)
 

@@ -130,11 +130,14 @@ def tiny_reward_adapter(base: Path, out: Path, seed: int = 0) -> Path:
 
 
 def ppo_argv(runs_dir: Path, run: str, sft_model: Path | None, **options) -> list[str]:
-    """Command-line arguments for the PPO stage: the demo config, FAST_OPTIONS, then ``options`` (None drops one)."""
+    """Command-line arguments for the PPO stage: the demo config, FAST_OPTIONS, then ``options`` (None drops one, a
+    list gives several values)."""
     merged = {**FAST_OPTIONS, "runs_dir": runs_dir, "run": run, "sft_model_path": sft_model, **options}
     argv = ["--config", str(PPO_CONFIG)]
     for name, value in merged.items():
-        if value is not None:
+        if isinstance(value, list):
+            argv += [f"--{name}", *map(str, value)]
+        elif value is not None:
             argv += [f"--{name}", str(value)]
     return argv
 
@@ -181,11 +184,12 @@ class RecordingTrainer(PPOTrainer):
         self.reference_after = snapshot(reference) if reference is not None else None
         return metrics
 
-    def rollout_metrics(self, rollout, rewards, gold):
+    def rollout_metrics(self, rollout, rewards):
         self.rollouts.append(
             {
                 "input_ids": rollout.input_ids.cpu(),
                 "attention_mask": rollout.attention_mask.cpu(),
+                "response_lengths": rollout.response_mask.sum(1).long().cpu(),
                 "raw_scores": rollout.raw_scores.cpu(),
             }
         )
@@ -196,7 +200,7 @@ class RecordingTrainer(PPOTrainer):
                 "num_eos": rollout.ended.sum().item(),
             }
         )
-        return super().rollout_metrics(rollout, rewards, gold)
+        return super().rollout_metrics(rollout, rewards)
 
     def trainable(self, which: str) -> dict[str, torch.Tensor]:
         """``before`` or ``after`` restricted to the parameters PPO trains."""

@@ -6,6 +6,8 @@ import re
 
 import torch
 
+from reward_models.base import completion_text
+
 _WORD_I = re.compile(r"\bI\b")
 
 
@@ -15,7 +17,7 @@ def count_i(prompts: list[str], completions: list[str], **columns) -> list[float
     The demo's reviews often speak in the first person, so a tiny SFT policy samples "I" now and then and can
     learn within a few updates to say it more: a dense, fast-to-learn signal for the learning tests.
     """
-    return [float(len(_WORD_I.findall(text))) for text in completions]
+    return [float(len(_WORD_I.findall(completion_text(c)))) for c in completions]
 
 
 def completion_length(prompts: list[str], completions: list[str], **columns) -> list[float]:
@@ -74,3 +76,13 @@ class NonFiniteFromCall:
 
 nan_from_third_call = NonFiniteFromCall(3, float("nan"))
 inf_from_third_call = NonFiniteFromCall(3, float("inf"))
+
+
+class WordCount:
+    """A reward class built from reward_kwargs: how often ``word`` occurs in each completion."""
+
+    def __init__(self, word: str) -> None:
+        self.pattern = re.compile(rf"\b{re.escape(word)}\b")
+
+    def __call__(self, prompts: list, completions: list, **columns) -> list[float]:
+        return [float(len(self.pattern.findall(completion_text(c)))) for c in completions]

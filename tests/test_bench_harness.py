@@ -142,7 +142,7 @@ def test_ours_runs_one_base_with_the_reward_adapter_and_a_critic_from_it(name):
     command = compare.ours_command(scenario, f"bench-{name}", 0)
     _, _, ppo_args, model_args = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
     assert ppo_args.value_model == "adapter" and model_args.use_peft and ppo_args.reward == "rm"
-    assert ppo_args.share_reward_base and ppo_args.value_init in ("auto", "reward")
+    assert ppo_args.share_reward_base
     assert ppo_args.reward_model_path == str(scenario.reward_adapter) != str(scenario.reward)
     # The top quarter of the layers: 3 of the random model's 12, 1 of the tiny base's 4.
     assert ppo_args.value_adapter_layers == {"speed": 3, "speed-bf16": 3, "quality": 1}[name]
@@ -156,7 +156,7 @@ def test_quality_also_runs_a_critic_started_from_scratch():
     flags = list(scenario.ours_variants[compare.ZERO_CRITIC])
     command = compare.ours_command(scenario, "bench-quality", 0, flags)
     _, _, ppo_args, _ = parse_config((RunArguments, DataArguments, PPOConfig, PPOModelArguments), command[3:])
-    assert ppo_args.value_init == "zero" and ppo_args.reward_model_path == str(scenario.reward_adapter)
+    assert not ppo_args.share_reward_base and ppo_args.reward_model_path == str(scenario.reward_adapter)
 
 
 def test_speed_report_holds_each_of_our_sides_against_the_targets():

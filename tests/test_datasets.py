@@ -294,16 +294,18 @@ def test_prompt_only_rows_keep_other_columns():
     assert train[1] == {"prompt": "Describe a gloomy afternoon in", "label": 0}
 
 
-def test_conversational_prompts_are_rendered_with_the_chat_template():
+def test_conversational_prompts_stay_messages_for_the_trainer_to_render():
+    """As in TRL's trainers: the chat template is applied when tokenizing (so it writes the special tokens once)."""
     train, _ = load_prompt_data(fixture_args("prompt_chat.jsonl"), chat_tokenizer())
     assert set(train.column_names) == {"prompt", "topic"}
-    assert train[1] == {"prompt": "<system>You are terse.\n<user>Describe the sky.\n<assistant>", "topic": "sky"}
+    system, user = {"role": "system", "content": "You are terse."}, {"role": "user", "content": "Describe the sky."}
+    assert train[1] == {"prompt": [system, user], "topic": "sky"}
 
 
 def test_prompts_from_messages_drop_the_final_assistant_reply():
     train, _ = load_prompt_data(fixture_args("messages.jsonl"), chat_tokenizer())
     assert train.column_names == ["prompt"]
-    assert train[0]["prompt"] == "<user>Give me a synonym for happy.\n<assistant>"
+    assert train[0]["prompt"] == [{"role": "user", "content": "Give me a synonym for happy."}]
 
 
 def test_prompts_from_text_keep_labels():
@@ -320,7 +322,7 @@ def test_prompts_from_preference_formats():
     assert explicit.column_names == ["prompt"]
     assert explicit["prompt"][3] == "Say hello politely."
     ultrafeedback, _ = load_prompt_data(fixture_args("ultrafeedback.jsonl"), chat_tokenizer())
-    assert ultrafeedback[0]["prompt"] == "<user>Write a haiku about rain.\n<assistant>"
+    assert ultrafeedback[0]["prompt"] == [{"role": "user", "content": "Write a haiku about rain."}]
     assert "score_chosen" in ultrafeedback.column_names  # extras are kept for rewards that want them
 
 

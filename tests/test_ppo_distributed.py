@@ -21,11 +21,16 @@ PROCESSES, LOCAL_BATCH, UPDATES = 2, 8, 2
 @pytest.mark.parametrize("layout", ["adapter", "reward-adapter", "separate"])
 def test_two_processes_stay_in_sync_and_metrics_cover_both(sft_model, tiny_base, tmp_path, layout):
     """'adapter': one base; 'reward-adapter': one base with the reward adapter on it and the critic started from it;
-    'separate': a LoRA value model on the reward model, whose base also scores rewards."""
+    'separate': a LoRA value model started from the reward model."""
     options = {}
     if layout == "separate":
         reward_model = tiny_reward_model(tiny_base, tmp_path / "rm")
-        options = {"value_model": "separate", "reward": "rm", "reward_model_path": reward_model}
+        options = {
+            "value_model": "separate",
+            "value_adapter_layers": 0,
+            "reward": "rm",
+            "reward_model_path": reward_model,
+        }
     if layout == "reward-adapter":
         reward_adapter = tiny_reward_adapter(sft_model, tmp_path / "rm-adapter")
         options = {"reward": "rm", "reward_model_path": reward_adapter, "value_adapter_layers": 1}

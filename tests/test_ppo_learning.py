@@ -37,7 +37,7 @@ def first_and_last(records: list[dict], key: str, n: int = 3) -> tuple[float, fl
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
-@pytest.mark.parametrize(("layout", "value_adapter_layers"), [("adapter", 0), ("adapter", 1), ("separate", None)])
+@pytest.mark.parametrize(("layout", "value_adapter_layers"), [("adapter", 0), ("adapter", 1), ("separate", 0)])
 def test_score_rises_with_bounded_kl(sft_model, reward_model, tmp_path, layout, value_adapter_layers):
     options = {"value_model": layout, "value_adapter_layers": value_adapter_layers, **LEARNING}
     records = run_ppo(ppo_argv(tmp_path, "r", sft_model, reward_model_path=reward_model, **options))

@@ -81,12 +81,12 @@ def kill_after_update(argv: list[str], metrics_file: Path, update: int, timeout:
 @pytest.mark.parametrize("layout", ["adapter", "reward-adapter", "separate"])
 def test_killed_and_resumed_run_matches_an_uninterrupted_run(sft_model, tiny_base, tmp_path, layout):
     """'reward-adapter': one base with the reward adapter on it and the critic started from it (not checkpointed:
-    it is frozen, and loaded again from the reward model's folder); 'separate': a LoRA value model on the reward
-    model that scores the rewards."""
+    it is frozen, and loaded again from the reward model's folder); 'separate': a LoRA value model started from the
+    reward model."""
     options = dict(OPTIONS)
     if layout == "separate":
         reward_model = tiny_reward_model(tiny_base, tmp_path / "rm")
-        options.update(value_model="separate", reward="rm", reward_model_path=reward_model)
+        options.update(value_model="separate", value_adapter_layers=0, reward="rm", reward_model_path=reward_model)
     if layout == "reward-adapter":
         reward_adapter = tiny_reward_adapter(sft_model, tmp_path / "rm-adapter")
         options.update(reward="rm", reward_model_path=reward_adapter, value_adapter_layers=1)

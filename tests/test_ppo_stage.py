@@ -357,3 +357,53 @@ def test_missing_reward_model_names_the_make_target(sft_model, tmp_path):
 def test_value_adapter_without_lora_is_refused(sft_model, tmp_path):
     with pytest.raises(PipelineError, match="value_model separate"):
         ppo_stage.main(ppo_argv(tmp_path, "r", sft_model, use_peft="false", value_model="adapter"))
+
+
+def count_layer_calls(trainer_class: type[RecordingTrainer]) -> type[RecordingTrainer]:
+    """A recording trainer that counts forward calls inside the policy's first decoder layer (its MLP: hooks on the
+    layer itself stay outside the checkpoint) and checks that training passes run in training mode."""
+
+    class Counting(trainer_class):
+        def train(self):
+            self.layer_calls = 0
+            self.checked_modes = 0
+            layer = self.model.policy.get_base_model().model.layers[0].mlp
+
+            def count(module, args, kwargs):
+                self.layer_calls += 1
+                if torch.is_grad_enabled():
+                    assert module.training, "a training pass ran in eval mode: gradient checkpointing would be off"
+                    self.checked_modes += 1
+
+            handle = layer.register_forward_pre_hook(count, with_kwargs=True)
+            try:
+                return super().train()
+            finally:
+                handle.remove()
+
+    return Counting
+
+
+def test_gradient_checkpointing_recomputes_the_forward_and_dropout_stays_off(sft_model, tmp_path, monkeypatch):
+    """Bug: the model stayed in eval mode, where transformers skips checkpointing, so --gradient_checkpointing true
+    did nothing. With it, every training pass is run again in its backward; without it, it is not."""
+    calls = {}
+    for checkpointing in ("false", "true"):
+        monkeypatch.setattr(ppo_stage, "PPOTrainer", count_layer_calls(RecordingTrainer))
+        records = run_ppo(ppo_argv(tmp_path, checkpointing, sft_model, gradient_checkpointing=checkpointing))
+        trainer = RecordingTrainer.latest
+        calls[checkpointing] = trainer.layer_calls
+        assert trainer.checked_modes > 0
+        dropouts = [m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert all(p == 0 for p in dropouts), dropouts
+        assert all(abs(r["first/ratio"] - 1) < 1e-5 for r in records)
+    # 3 updates x 2 epochs x 2 minibatches of policy passes, each recomputed once in its backward.
+    assert calls["true"] == calls["false"] + 3 * 2 * 2, calls
+
+
+def test_reward_specs_with_spaces_find_the_reward_model(sft_model, reward_adapter, tmp_path):
+    """Bug: '--reward "vader, rm"' missed the ' rm' when deciding which reward model to load, and then failed
+    saying no reward model was given."""
+    run_ppo(ppo_argv(tmp_path, "r", sft_model, reward="vader, rm", reward_model_path=reward_adapter, total_episodes=8))
+    summary = json.loads((tmp_path / "r" / "ppo" / "summary.json").read_text())
+    assert summary["reward_on_policy_base"] is True

@@ -121,7 +121,7 @@ class UpperLayers:
             )
         if not 0 < count <= len(layers):
             raise PipelineError(f"value_adapter_layers must be between 1 and {len(layers)} (the model's layers)")
-        self.trunk, self.first = trunk, len(layers) - count
+        self.trunk, self.count, self.first = trunk, count, len(layers) - count
 
     @contextmanager
     def capturing(self, stop: bool = False) -> Iterator[list[torch.Tensor]]:
@@ -211,6 +211,15 @@ class PolicyAndValue(nn.Module):
         """Whether a reward adapter sits on the policy's base (read by ``reward_scores``); the value adapter then
         started as its copy and reads its features below the value's own layers."""
         return self.reward_head is not None
+
+    def describe(self) -> dict:
+        """Which roles share weights here (a resumed run must hold the same; see checkpoints.py)."""
+        return {
+            "one_base": self.one_base,
+            "reward_on_policy_base": self.scores_rewards,
+            "value_adapter_layers": self._upper.count if self._upper is not None else None,
+            "frozen_reference_copy": self.frozen_reference is not None,
+        }
 
     def _backbones(self) -> list:
         return [self.policy] + ([self.value_model] if self.value_model is not None else [])

@@ -169,19 +169,29 @@ class PPOTrainer(Trainer):
         with self.computing(), torch.no_grad():
             return sources(episodes)
 
-    def make_rollout(self, rows: dict[str, list], timer: Timer) -> tuple[Episodes, Rollout, Rewards, Rewards | None]:
-        """Sample, recompute logprobs and values, score, and shape per-token rewards and advantages."""
+    def collect(self, rows: dict[str, list], timer: Timer) -> tuple[Episodes, Rewards, Rewards | None, torch.Tensor]:
+        """Sample episodes for ``rows`` and score them: the reward sources' rewards, the gold scorers', and the
+        per-episode scores as the update uses them (``shape_scores``)."""
         with timer("generation"):
             episodes = self.sample(rows)
-        with timer("forward"):
-            passes = self.forward_passes(episodes)
         with timer("reward"):
             rewards, gold = self.score(episodes), self.score(episodes, gold=True)
         scores = shape_scores(
             rewards.scores, episodes.ended, self.args, self.progress.reward_offset, self.accelerator.gather
         )
+        return episodes, rewards, gold, scores
+
+    def learn(self, episodes: Episodes, rewards: Rewards, scores: torch.Tensor, timer: Timer) -> dict[str, float]:
+        """PPO on one batch of scored episodes: logprobs, reference logprobs and values, KL-shaped per-token rewards
+        and advantages, then the clipped updates; returns the update's metrics (TRL's names)."""
+        with timer("forward"):
+            passes = self.forward_passes(episodes)
         rollout = assemble(episodes, passes, rewards, scores, self.kl_controller.value, self.args)
-        return episodes, rollout, rewards, gold
+        metrics = self.rollout_metrics(rollout, rewards)
+        with timer("update"), self.computing(autocast=False):
+            metrics.update(self.ppo_update(rollout))
+        self._check_finite(metrics, ("loss/policy_avg", "loss/value_avg"))
+        return metrics
 
     # ----- the loop ----------------------------------------------------------------------------------------
 
@@ -194,25 +204,22 @@ class PPOTrainer(Trainer):
         for update in range(self.progress.update, num_updates):
             timer = Timer()
             rows = self.prompts[batches.indices(update)]
-            episodes, rollout, rewards, gold = self.make_rollout(rows, timer)
-            metrics = self.rollout_metrics(rollout, rewards, gold)
-            with timer("update"), self.computing(autocast=False):
-                metrics.update(self.ppo_update(rollout))
-            self._check_finite(metrics, ("loss/policy_avg", "loss/value_avg"))
+            episodes, rewards, gold, scores = self.collect(rows, timer)
+            metrics = {**self.reward_metrics(rewards, gold), **self.learn(episodes, rewards, scores, timer)}
             metrics["objective/kl_coef"] = self.kl_controller.value
-            self.kl_controller.update(metrics["objective/kl"], len(rollout) * self.accelerator.num_processes)
+            self.kl_controller.update(metrics["objective/kl"], len(episodes) * self.accelerator.num_processes)
             self.lr_scheduler.step()
             self.progress.update = update + 1
-            episodes_so_far = self.progress.update * batches.global_batch * args.num_generations
+            episodes_per_update = len(episodes) * self.accelerator.num_processes
             elapsed = time.time() - started
             metrics.update(
                 lr=self.lr_scheduler.get_last_lr()[0],
-                episode=episodes_so_far,
-                eps=(update + 1 - first_update) * len(rollout) * self.accelerator.num_processes / elapsed,
+                episode=self.progress.update * episodes_per_update,
+                eps=(update + 1 - first_update) * episodes_per_update / elapsed,
                 elapsed_s=elapsed,
                 **timer.metrics(),
             )
-            self._end_update(metrics, num_updates, episodes, rollout, gold)
+            self._end_update(metrics, num_updates, episodes, rewards, gold)
         if args.save_strategy != "no" and latest_checkpoint(self.checkpoints.folder) != self.checkpoints.path(
             self.progress.update
         ):
@@ -241,10 +248,7 @@ class PPOTrainer(Trainer):
         self.create_optimizer_and_scheduler(num_training_steps=num_updates)
         self.model_wrapped, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         self.model_wrapped.train()  # dropout is off everywhere; training mode is what gradient checkpointing needs
-        # Forward/backward passes per micro-batch (see PPOUpdate).
-        one_backward = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-        passes = ("both",) if one_backward else ("policy", "value")
-        self.ppo_update = PPOUpdate(self.model_wrapped, self.optimizer, accelerator, args, self.sampler.rules, passes)
+        self.prepare_update()
         accelerator.register_for_checkpointing(self.lr_scheduler, self.kl_controller, self.progress)
         self.checkpoints = Checkpoints(
             self.work_dir / "checkpoints",
@@ -269,13 +273,20 @@ class PPOTrainer(Trainer):
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         return batches, num_updates
 
+    def prepare_update(self) -> None:
+        """The update step on the prepared model (see ``learn``)."""
+        # Forward/backward passes per micro-batch (see PPOUpdate).
+        one_backward = self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        passes = ("both",) if one_backward else ("policy", "value")
+        self.ppo_update = PPOUpdate(
+            self.model_wrapped, self.optimizer, self.accelerator, self.args, self.sampler.rules, passes
+        )
+
     def run_signature(self, num_updates: int) -> dict:
         """What a checkpoint must agree on with the run resuming from it: the layout and the batch arithmetic."""
-        args, model = self.args, self.model
+        args = self.args
         return {
-            "one_base": model.one_base,
-            "reward_on_policy_base": model.scores_rewards,
-            "value_adapter_layers": args.value_adapter_layers or None,
+            **self.model.describe(),
             "num_processes": self.accelerator.num_processes,
             "per_device_train_batch_size": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
@@ -285,15 +296,17 @@ class PPOTrainer(Trainer):
             "kl_control": args.kl_control,
         }
 
-    def _end_update(self, metrics: dict, num_updates: int, episodes: Episodes, rollout: Rollout, gold) -> None:
+    def _end_update(
+        self, metrics: dict, num_updates: int, episodes: Episodes, rewards: Rewards, gold: Rewards | None
+    ) -> None:
         """Log, keep samples, checkpoint, and tell the callbacks."""
         args, update = self.args, self.progress.update
         self.state.global_step = update
-        self.state.epoch = update * len(rollout) * self.accelerator.num_processes / len(self.prompts)
+        self.state.epoch = update * len(episodes) * self.accelerator.num_processes / len(self.prompts)
         if update % max(int(args.logging_steps), 1) == 0 or update == num_updates:
             self.log(dict(metrics))
         if args.sample_every and update % args.sample_every == 0:
-            self._log_samples(episodes, rollout, gold)
+            self._log_samples(episodes, rewards, gold)
         if args.save_strategy == "steps" and update % int(args.save_steps) == 0:
             self.checkpoints.save(update)
         self.control = self.callback_handler.on_step_end(args, self.state, self.control)
@@ -306,7 +319,20 @@ class PPOTrainer(Trainer):
 
     # ----- metrics -----------------------------------------------------------------------------------------
 
-    def rollout_metrics(self, rollout: Rollout, rewards: Rewards, gold: Rewards | None) -> dict[str, float]:
+    def reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Means over processes."""
+        return {k: self.accelerator.reduce(v.float(), reduction="mean").item() for k, v in values.items()}
+
+    def reward_metrics(self, rewards: Rewards, gold: Rewards | None) -> dict[str, float]:
+        """What the reward sources (each, when there are several) and the gold scorers said, averaged."""
+        values = {"objective/raw_scores": rewards.totals.mean()}
+        if len(rewards.by_source) > 1:
+            values.update({f"rewards/{name}": score.mean() for name, score in rewards.by_source.items()})
+        if gold is not None:
+            values["objective/gold_scores"] = gold.totals.float().mean()
+        return self.reduce(values)
+
+    def rollout_metrics(self, rollout: Rollout, rewards: Rewards) -> dict[str, float]:
         """Per-update rollout statistics with TRL's names, averaged over processes."""
         mask = rollout.response_mask
         kl_sum = rollout.kl.sum(1)
@@ -319,18 +345,13 @@ class PPOTrainer(Trainer):
             "objective/non_score_reward": non_score.mean(),
             "objective/rlhf_reward": (rollout.scores + dense + non_score).mean(),
             "objective/scores": (rollout.scores + dense).mean(),
-            "objective/raw_scores": rollout.raw_scores.mean(),
             "val/num_eos_tokens": rollout.ended.float().sum(),
             "val/response_length": mask.sum(1).float().mean(),
             "val/advantage_mean": masked_mean(rollout.advantages, mask),
             "val/value_mean": masked_mean(rollout.values, mask),
             "val/explained_variance": explained_variance(rollout.values, rollout.returns, mask),
         }
-        if len(rewards.by_source) > 1:
-            values.update({f"rewards/{name}": score.mean() for name, score in rewards.by_source.items()})
-        if gold is not None:
-            values["objective/gold_scores"] = gold.totals.float().mean()
-        reduced = {k: self.accelerator.reduce(v.float(), reduction="mean").item() for k, v in values.items()}
+        reduced = self.reduce(values)
         reduced["val/num_eos_tokens"] *= self.accelerator.num_processes
         self._check_finite(reduced, ("objective/scores", "objective/kl"))
         return reduced
@@ -346,7 +367,7 @@ class PPOTrainer(Trainer):
                     "learning rate or kl_coef, clip scores (score_clip), or check the reward source"
                 )
 
-    def _log_samples(self, episodes: Episodes, rollout: Rollout, gold: Rewards | None) -> None:
+    def _log_samples(self, episodes: Episodes, rewards: Rewards, gold: Rewards | None) -> None:
         """Append a few (prompt, completion, score) rows to samples.jsonl and print them."""
         if not self.accelerator.is_main_process:
             return
@@ -355,7 +376,7 @@ class PPOTrainer(Trainer):
                 "update": self.progress.update,
                 "prompt": episodes.prompts[i],
                 "completion": completion_text(episodes.completions[i]),
-                "score": rollout.raw_scores[i].item(),
+                "score": rewards.totals[i].item(),
                 **({"gold_score": gold.totals[i].item()} if gold is not None else {}),
             }
             append_metrics(self.work_dir / SAMPLES, record)
