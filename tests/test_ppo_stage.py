@@ -407,3 +407,46 @@ def test_reward_specs_with_spaces_find_the_reward_model(sft_model, reward_adapte
     run_ppo(ppo_argv(tmp_path, "r", sft_model, reward="vader, rm", reward_model_path=reward_adapter, total_episodes=8))
     summary = json.loads((tmp_path / "r" / "ppo" / "summary.json").read_text())
     assert summary["reward_on_policy_base"] is True
+
+
+def interrupted_run(sft_model, tmp_path) -> list[str]:
+    """A run stopped at update 3 by a non-finite reward, with its checkpoint of update 2 left in .ppo.partial."""
+    rewards_for_tests.nan_from_third_call.calls = 0
+    argv = ppo_argv(
+        tmp_path,
+        "r",
+        sft_model,
+        reward="tests.rewards_for_tests:nan_from_third_call",
+        save_strategy="steps",
+        save_steps=2,
+        total_episodes=40,
+    )
+    with pytest.raises(PipelineError, match="non-finite"):
+        ppo_stage.main(argv)
+    assert (tmp_path / "r" / ".ppo.partial" / "checkpoints" / "checkpoint-2").is_dir()
+    return argv
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"per_device_train_batch_size": 2, "num_mini_batches": 4}, r"per_device_train_batch_size: 4 there, 2 now"),
+        ({"lora_r": 8}, r"other shapes \['policy\.base_model"),
+        ({"value_adapter_layers": 0}, r"value_adapter_layers: 1 there, None now"),
+    ],
+)
+def test_resume_refuses_a_checkpoint_of_other_settings(sft_model, tmp_path, changed, message):
+    """A checkpoint's layout, batch arithmetic and parameter shapes must match the resuming run: never a silent
+    fresh start of the weights it cannot load."""
+    argv = interrupted_run(sft_model, tmp_path)
+    extra = [item for name, value in changed.items() for item in (f"--{name}", str(value))]
+    with pytest.raises(PipelineError, match=message):
+        ppo_stage.main([*argv, *extra, "--resume_from_checkpoint", "latest"])
+
+
+def test_resuming_a_completed_stage_says_it_is_complete(sft_model, tmp_path):
+    argv = ppo_argv(tmp_path, "r", sft_model, save_strategy="steps", save_steps=1, total_episodes=8)
+    run_ppo(argv)
+    with pytest.raises(PipelineError, match=r"already complete .*start afresh"):
+        ppo_stage.main([*argv, "--resume_from_checkpoint", "latest"])
+    assert (tmp_path / "r" / "ppo" / "summary.json").is_file() and not (tmp_path / "r" / ".ppo.partial").exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from safetensors import safe_open
+from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.metrics import read_metrics
@@ -58,15 +59,21 @@ class Checkpoints:
         accelerator: Accelerator,
         keep: int | None,
         signature: dict,
-        trainable_names: Callable[[], set[str]],
+        model: Callable[[], nn.Module],
     ) -> None:
+        """``model()`` gives the (unwrapped) trained module, with ``trainable_names()``."""
         self.folder, self.accelerator, self.keep = Path(folder), accelerator, keep
-        self.signature, self.trainable_names = signature, trainable_names
+        self.signature, self.model = signature, model
         accelerator.register_save_state_pre_hook(self._keep_trainable_only)
+
+    def _trained_shapes(self) -> dict[str, list[int]]:
+        model = self.model()
+        trainable = model.trainable_names()
+        return {name: list(p.shape) for name, p in model.named_parameters() if name in trainable}
 
     def _keep_trainable_only(self, models, weights, output_dir) -> None:
         # Checkpoints hold what PPO trains (adapters, value head or value model), not the frozen base weights.
-        trainable = self.trainable_names()
+        trainable = self.model().trainable_names()
         for state in weights:
             for name in [n for n in state if n not in trainable]:
                 del state[name]
@@ -129,13 +136,15 @@ class Checkpoints:
         if not model_file.is_file():  # DeepSpeed and FSDP save their own formats; the signature check covers them
             return
         with safe_open(str(model_file), framework="pt") as saved:
-            names = set(saved.keys())
-        expected = self.trainable_names()
-        if names != expected:
-            missing, extra = sorted(expected - names), sorted(names - expected)
+            shapes = {name: list(saved.get_slice(name).get_shape()) for name in saved.keys()}  # noqa: SIM118
+        expected = self._trained_shapes()
+        if shapes != expected:
+            missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+            resized = sorted(n for n in set(shapes) & set(expected) if shapes[n] != expected[n])
             raise PipelineError(
                 f"checkpoint {path} does not hold this run's trained parameters (missing {missing[:3]}, "
-                f"unexpected {extra[:3]}): resume with the model and LoRA settings it was written with"
+                f"unexpected {extra[:3]}, other shapes {resized[:3]}): resume with the model and LoRA settings it "
+                "was written with"
             )
 
 

@@ -165,64 +165,25 @@ class UpperLayers:
             handle.remove()
 
 
-class PolicyAndValue(nn.Module):
-    """``forward`` returns the policy's logits and the value estimates for the last ``keep`` positions."""
+class PolicyModel(nn.Module):
+    """A trained policy with its reference, and the adapter plumbing every algorithm on the engine shares: the
+    reference is the policy's base with its adapters disabled (LoRA) or a frozen full copy, and adapters on that
+    base are switched without losing track of which parameters train."""
 
-    def __init__(
-        self,
-        policy: PreTrainedModel | PeftModel,
-        value_head: ValueHead | None = None,
-        value_model: PreTrainedModel | PeftModel | None = None,
-        reference: PreTrainedModel | None = None,
-        value_adapter_layers: int | None = None,
-        reward_head: nn.Linear | None = None,
-    ) -> None:
-        """``reward_head``: the score head of a frozen ``REWARD_ADAPTER`` already on the policy's base; the value
-        adapter then reads the reward adapter's hidden states below its own layers (it started as its copy there).
-        ``value_adapter_layers``: the value adapter sits on that many top layers only (one base)."""
+    def __init__(self, policy: PreTrainedModel | PeftModel, reference: PreTrainedModel | None = None) -> None:
         super().__init__()
-        if (value_head is None) == (value_model is None):
-            raise ValueError("give either a value head (one base) or a value model (separate)")
-        if (reward_head is not None or value_adapter_layers) and value_head is None:
-            raise ValueError("a reward adapter or value_adapter_layers needs the one-base layout")
         self.policy = policy
-        self.value_head = value_head
-        self.value_model = value_model
-        self.reward_head = reward_head.requires_grad_(False) if reward_head is not None else None
-        self._upper = UpperLayers(trunk_of(policy), value_adapter_layers) if value_adapter_layers else None
         # A frozen full copy is kept out of the module's parameters (it is neither trained nor checkpointed).
         self._reference = [reference] if reference is not None else []
-        if value_head is not None:
-            value_adapter = [p for name, p in policy.named_parameters() if f".{VALUE_ADAPTER}." in name]
-            self._value = list(value_head.parameters()) + value_adapter
-        else:
-            self._value = [p for p in value_model.parameters() if p.requires_grad]
-        trainable = [p for p in self.parameters() if p.requires_grad] + self._value
+        self._trainable: list[nn.Parameter] = []
+
+    def _track_trainable(self, extra: list[nn.Parameter] = ()) -> None:
+        """Record what trains: every parameter that requires grad now, plus ``extra`` (adapters PEFT may freeze)."""
+        trainable = [p for p in self.parameters() if p.requires_grad] + list(extra)
         self._trainable = list({id(p): p for p in trainable}.values())
-        if value_head is not None:
-            self._use_adapter(POLICY_ADAPTER)
-
-    @property
-    def one_base(self) -> bool:
-        return self.value_head is not None
-
-    @property
-    def scores_rewards(self) -> bool:
-        """Whether a reward adapter sits on the policy's base (read by ``reward_scores``); the value adapter then
-        started as its copy and reads its features below the value's own layers."""
-        return self.reward_head is not None
-
-    def describe(self) -> dict:
-        """Which roles share weights here (a resumed run must hold the same; see checkpoints.py)."""
-        return {
-            "one_base": self.one_base,
-            "reward_on_policy_base": self.scores_rewards,
-            "value_adapter_layers": self._upper.count if self._upper is not None else None,
-            "frozen_reference_copy": self.frozen_reference is not None,
-        }
 
     def _backbones(self) -> list:
-        return [self.policy] + ([self.value_model] if self.value_model is not None else [])
+        return [self.policy]
 
     # TRL's unwrap_model_for_generation switches gradient checkpointing off while generating.
     @property
@@ -238,11 +199,11 @@ class PolicyAndValue(nn.Module):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     def value_parameters(self) -> list[nn.Parameter]:
-        """The trainable parameters of the value: value adapter and head, or the value model's."""
-        return list(self._value)
+        """The trainable parameters of a value function, if the algorithm has one (own optimizer groups)."""
+        return []
 
     def trainable_names(self) -> set[str]:
-        """Names (in this module) of the parameters PPO trains: what a checkpoint must hold."""
+        """Names (in this module) of the parameters the algorithm trains: what a checkpoint must hold."""
         wanted = {id(p) for p in self._trainable}
         return {name for name, p in self.named_parameters() if id(p) in wanted}
 
@@ -273,7 +234,7 @@ class PolicyAndValue(nn.Module):
 
     @contextmanager
     def reference_policy(self) -> Iterator[PreTrainedModel | PeftModel]:
-        """The reference (SFT) policy to call or generate with: the frozen copy, or the policy with its adapters
+        """The reference (initial) policy to call or generate with: the frozen copy, or the policy with its adapters
         disabled (trainable flags restored afterwards, since PEFT freezes adapters when disabling them)."""
         if self._reference:
             yield self._reference[0]
@@ -284,11 +245,74 @@ class PolicyAndValue(nn.Module):
         finally:
             self._restore_trainable()
 
-    # ----- passes -----------------------------------------------------------------------------------------
-
     def policy_logits(self, input_ids, attention_mask, position_ids, keep: int) -> torch.Tensor:
         """Policy logits for the last ``keep`` positions."""
         return last_logits(self.policy, input_ids, attention_mask, position_ids, keep)
+
+    def describe(self) -> dict:
+        """Which roles share weights here (a resumed run must hold the same; see checkpoints.py)."""
+        return {"frozen_reference_copy": self.frozen_reference is not None}
+
+
+class PolicyAndValue(PolicyModel):
+    """``forward`` returns the policy's logits and the value estimates for the last ``keep`` positions."""
+
+    def __init__(
+        self,
+        policy: PreTrainedModel | PeftModel,
+        value_head: ValueHead | None = None,
+        value_model: PreTrainedModel | PeftModel | None = None,
+        reference: PreTrainedModel | None = None,
+        value_adapter_layers: int | None = None,
+        reward_head: nn.Linear | None = None,
+    ) -> None:
+        """``reward_head``: the score head of a frozen ``REWARD_ADAPTER`` already on the policy's base; the value
+        adapter then reads the reward adapter's hidden states below its own layers (it started as its copy there).
+        ``value_adapter_layers``: the value adapter sits on that many top layers only (one base)."""
+        super().__init__(policy, reference)
+        if (value_head is None) == (value_model is None):
+            raise ValueError("give either a value head (one base) or a value model (separate)")
+        if (reward_head is not None or value_adapter_layers) and value_head is None:
+            raise ValueError("a reward adapter or value_adapter_layers needs the one-base layout")
+        self.value_head = value_head
+        self.value_model = value_model
+        self.reward_head = reward_head.requires_grad_(False) if reward_head is not None else None
+        self._upper = UpperLayers(trunk_of(policy), value_adapter_layers) if value_adapter_layers else None
+        if value_head is not None:
+            value_adapter = [p for name, p in policy.named_parameters() if f".{VALUE_ADAPTER}." in name]
+            self._value = list(value_head.parameters()) + value_adapter
+        else:
+            self._value = [p for p in value_model.parameters() if p.requires_grad]
+        self._track_trainable(self._value)
+        if value_head is not None:
+            self._use_adapter(POLICY_ADAPTER)
+
+    @property
+    def one_base(self) -> bool:
+        return self.value_head is not None
+
+    @property
+    def scores_rewards(self) -> bool:
+        """Whether a reward adapter sits on the policy's base (read by ``reward_scores``); the value adapter then
+        started as its copy and reads its features below the value's own layers."""
+        return self.reward_head is not None
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "one_base": self.one_base,
+            "reward_on_policy_base": self.scores_rewards,
+            "value_adapter_layers": self._upper.count if self._upper is not None else None,
+        }
+
+    def _backbones(self) -> list:
+        return [self.policy] + ([self.value_model] if self.value_model is not None else [])
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of the value: value adapter and head, or the value model's."""
+        return list(self._value)
+
+    # ----- passes -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def frozen_passes(

@@ -255,7 +255,7 @@ class PPOTrainer(Trainer):
             accelerator,
             args.save_total_limit,
             self.run_signature(num_updates),
-            lambda: self.unwrapped().trainable_names(),
+            self.unwrapped,
         )
         resume = self.checkpoints.resolve(args.resume_from_checkpoint)
         if resume is not None:
