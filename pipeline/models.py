@@ -21,6 +21,15 @@ from pipeline.config import ModelArguments
 from pipeline.errors import PipelineError
 
 _TRUE = {"1", "true", "yes", "on"}
+MODEL_FOLDER_HOLDS = (
+    "A model folder holds config.json, the weights (*.safetensors) and the tokenizer files (tokenizer.json or "
+    "tokenizer_config.json with its vocabulary), as save_pretrained writes them; a LoRA adapter folder holds "
+    "adapter_config.json instead of config.json"
+)
+# How tokenizer files start or end: tokenizer.json, tokenizer_config.json, vocab.json / vocab.txt, spiece.model,
+# sentencepiece.bpe.model, tokenizer.model, *.tiktoken.
+_TOKENIZER_FILE_STARTS = ("tokenizer", "vocab", "spiece", "sentencepiece")
+_TOKENIZER_FILE_ENDS = (".model", ".tiktoken")
 
 
 def hub_offline() -> bool:
@@ -41,6 +50,10 @@ def resolve_model_source(name_or_path: str | None, what: str) -> str:
     if os.path.exists(expanded):
         if not os.path.isdir(expanded):
             raise PipelineError(f"{what} '{name_or_path}' is a file; give the folder that holds config.json")
+        if not any(os.path.isfile(os.path.join(expanded, name)) for name in ("config.json", "adapter_config.json")):
+            raise PipelineError(
+                f"{what} '{name_or_path}' is not a model folder: it holds no config.json. {MODEL_FOLDER_HOLDS}"
+            )
         return expanded
     if looks_like_path(name_or_path):
         raise PipelineError(
@@ -56,6 +69,10 @@ def resolve_model_source(name_or_path: str | None, what: str) -> str:
 
 def load_tokenizer(source: str, pad_token: str | None = None, padding_side: str = "right") -> PreTrainedTokenizerBase:
     """Load a tokenizer and make sure it pads with a token different from EOS."""
+    if os.path.isdir(source) and not any(
+        name.startswith(_TOKENIZER_FILE_STARTS) or name.endswith(_TOKENIZER_FILE_ENDS) for name in os.listdir(source)
+    ):
+        raise PipelineError(f"the folder '{source}' holds no tokenizer files. {MODEL_FOLDER_HOLDS}")
     tokenizer = AutoTokenizer.from_pretrained(source, padding_side=padding_side)
     if tokenizer.pad_token is None:
         if pad_token is None:
