@@ -15,6 +15,7 @@ class PipelineError(Exception):
 
 def fail(message: str) -> NoReturn:
     """Print ``message`` as an error and exit with :data:`EXIT_USER_ERROR`."""
+    close_progress_bars()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
 
@@ -25,3 +26,13 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
         main(argv)
     except PipelineError as error:
         fail(str(error))
+
+
+def close_progress_bars() -> None:
+    """Close the open tqdm progress bars (transformers' and datasets' are tqdm), innermost first, so that what is
+    printed next starts on a line of its own and no bar is drawn again after it when the process exits."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None:  # never imported: no bar is open
+        return
+    for bar in sorted(tqdm.tqdm._instances, key=lambda bar: abs(bar.pos), reverse=True):
+        bar.close()
