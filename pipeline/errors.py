@@ -16,7 +16,8 @@ class PipelineError(Exception):
 def fail(message: str) -> NoReturn:
     """Print ``message`` as an error and exit with :data:`EXIT_USER_ERROR`."""
     close_progress_bars()
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"error: {message}\n")  # one write: several processes' lines do not mix
+    sys.stderr.flush()
     sys.exit(EXIT_USER_ERROR)
 
 
