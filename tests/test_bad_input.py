@@ -20,6 +20,7 @@ import pytest
 from transformers import AutoTokenizer
 from trl import SFTTrainer
 
+from pipeline import cli
 from pipeline.errors import EXIT_USER_ERROR, run_main
 from pipeline.runs import StageDir
 from stages import rm, sft
@@ -198,6 +199,17 @@ def test_rm_with_an_incomplete_sft_stage_names_make_sft(inputs: Inputs, tmp_path
     assert exited.value.code == EXIT_USER_ERROR
     assert f"run `make sft RUN={RUN}` first" in capsys.readouterr().err
     assert complete_stages(runs) == [] and not (runs / RUN / "rm").exists()
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_cli_refuses_a_run_outside_runs_dir(command: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "outside" / "ppo").mkdir(parents=True)
+    (tmp_path / "outside" / "ppo" / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--runs_dir", str(tmp_path / "runs"), "--run", "../outside"])
+    assert exited.value.code == EXIT_USER_ERROR
+    assert "run name '../outside' is not a plain folder name" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["outside"]
 
 
 @pytest.mark.parametrize("name", ["hub_id_offline", "rm_before_sft"])

@@ -81,8 +81,12 @@ def make(processes: int, stage_args: list[str]) -> list[str]:
     return ["make", "--no-print-directory", *keep, "sft", *variables, f"ARGS={shlex.join(stage_args)}"]
 
 
+# What the `rlhf` console script runs.
+RLHF = [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())"]
 COMMANDS = {
     "python -m": lambda args: [sys.executable, "-m", "stages.sft", *args],
+    "rlhf sft": lambda args: [*RLHF, "sft", *args],
+    "rlhf launch": lambda args: [*RLHF, "launch", "--num_processes", "1", *ACCELERATE_FLAGS, "-m", "stages.sft", *args],
     "launch, 1 process": lambda args: [*launcher(1), "-m", "stages.sft", *args],
     "launch, 2 processes": lambda args: [*launcher(2), "-m", "stages.sft", *args],
     "make": lambda args: make(1, args),
