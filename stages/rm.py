@@ -1,6 +1,6 @@
 """RM stage: a pairwise (Bradley-Terry) reward model with TRL's RewardTrainer, initialized from the SFT model.
 
-Run: ``accelerate launch -m stages.rm --config configs/<preset>/rm.yaml [--field value ...]``.
+Run: ``python -m pipeline.launch -m stages.rm --config configs/<preset>/rm.yaml [--field value ...]``.
 Without ``model_name_or_path`` it starts from this run's SFT model (as InstructGPT does).
 """
 
