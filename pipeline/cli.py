@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError, run_main
+from pipeline.noise import silence_library_noise
 from pipeline.runs import SUMMARY, StageDir, check_run_name, read_json
 
 STAGES = ("sft", "rm", "ppo")
@@ -67,6 +68,7 @@ def export(runs_dir: Path, run: str, stage: str, out: Path | None) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``rlhf <command> ...`` (``argv``, default ``sys.argv[1:]``); bad input: one error line, exit code 2."""
+    silence_library_noise()
     run_main(_dispatch, argv)
 
 
