@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     work = open_training_stage(stage, args, (run_args, data_args, model_args), source, started)
     trainer = RewardTrainer(
-        model=load_sequence_scorer(source, model_args, tokenizer.pad_token_id),
+        model=load_sequence_scorer(source, model_args, tokenizer.pad_token_id, new_head=True),
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
