@@ -27,7 +27,8 @@ LAUNCH_FLAGS := --num_processes $(NPROC) --num_machines 1 --mixed_precision no -
 else
 LAUNCH_FLAGS := --config_file $(ACCELERATE_CONFIG) $(if $(filter-out 1,$(NPROC)),--num_processes $(NPROC))
 endif
-LAUNCH := $(BIN)/accelerate launch $(LAUNCH_FLAGS)
+# accelerate launch, but bad input ends with the stage's message and exit code 2 (pipeline/launch.py)
+LAUNCH := $(BIN)/python -m pipeline.launch $(LAUNCH_FLAGS)
 DEMO_INPUTS := $(if $(filter demo,$(PRESET)),$(DEMO_DATA) $(TINY_BASE))
 
 .PHONY: help venv data base sft rm ppo eval export test test-fast bench lint clean

@@ -1,6 +1,8 @@
-"""One entry point: ``rlhf sft|rm|ppo [--config ...]`` runs a stage; ``rlhf report`` and ``rlhf export`` read runs.
+"""One entry point: ``rlhf sft|rm|ppo [--config ...]`` runs a stage in this process; ``rlhf launch [accelerate
+launch options] -m stages.<name> ...`` launches one (``python -m pipeline.launch``); ``rlhf report`` and
+``rlhf export`` read runs.
 
-Each stage also runs as ``python -m stages.<name>`` (that is what ``accelerate launch -m`` uses).
+Each stage also runs as ``python -m stages.<name>`` (that is what the launcher's ``-m`` uses).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError, run_main
-from pipeline.runs import SUMMARY, StageDir, read_json
+from pipeline.noise import silence_library_noise
+from pipeline.runs import SUMMARY, StageDir, check_run_name, read_json
 
 STAGES = ("sft", "rm", "ppo")
 # The headline figures of each stage's summary.json, in the order a person reads them.
@@ -64,10 +67,20 @@ def export(runs_dir: Path, run: str, stage: str, out: Path | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Dispatch ``rlhf <command> ...``."""
+    """Run ``rlhf <command> ...`` (``argv``, default ``sys.argv[1:]``); bad input: one error line, exit code 2."""
+    silence_library_noise()
+    run_main(_dispatch, argv)
+
+
+def _dispatch(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in STAGES:
         importlib.import_module(f"stages.{argv[0]}" if argv[0] != "ppo" else "stages.ppo.__main__").main(argv[1:])
+        return
+    if argv and argv[0] == "launch":
+        from pipeline import launch
+
+        launch.main(argv[1:])
         return
     parser = argparse.ArgumentParser(prog="rlhf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.choices["export"].add_argument("--stage", choices=STAGES, default="ppo")
     commands.choices["export"].add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    check_run_name(args.run)
     if args.command == "report":
         print(report(args.runs_dir, args.run))
     else:
@@ -85,4 +99,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

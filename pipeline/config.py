@@ -18,6 +18,7 @@ import yaml
 from trl import ModelConfig, TrlParser
 
 from pipeline.errors import PipelineError
+from pipeline.runs import check_run_name
 
 
 @dataclass
@@ -29,6 +30,9 @@ class RunArguments:
         metadata={"help": "Run name: the stage writes runs_dir/<run>/<stage>/ and reads earlier stages there."},
     )
     runs_dir: str = field(default="runs", metadata={"help": "Folder holding all runs."})
+
+    def __post_init__(self) -> None:
+        check_run_name(self.run)
 
 
 @dataclass

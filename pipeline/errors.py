@@ -21,7 +21,9 @@ class UserCodeError(PipelineError):
 
 def fail(message: str) -> NoReturn:
     """Print ``message`` as an error and exit with :data:`EXIT_USER_ERROR`."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    close_progress_bars()
+    sys.stderr.write(f"error: {message}\n")  # one write: several processes' lines do not mix
+    sys.stderr.flush()
     sys.exit(EXIT_USER_ERROR)
 
 
@@ -33,3 +35,13 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
         if isinstance(error, UserCodeError) and error.__cause__ is not None:
             traceback.print_exception(error.__cause__, file=sys.stderr)
         fail(str(error))
+
+
+def close_progress_bars() -> None:
+    """Close the open tqdm progress bars (transformers' and datasets' are tqdm), innermost first, so that what is
+    printed next starts on a line of its own and no bar is drawn again after it when the process exits."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None:  # never imported: no bar is open
+        return
+    for bar in sorted(tqdm.tqdm._instances, key=lambda bar: abs(bar.pos), reverse=True):
+        bar.close()

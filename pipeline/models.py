@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +20,18 @@ from trl.trainer.utils import disable_dropout_in_model, get_peft_config, get_qua
 
 from pipeline.config import ModelArguments
 from pipeline.errors import PipelineError
+from pipeline.noise import lm_head_unaffected, new_score_head
 
 _TRUE = {"1", "true", "yes", "on"}
+MODEL_FOLDER_HOLDS = (
+    "A model folder holds config.json, the weights (*.safetensors) and the tokenizer files (tokenizer.json or "
+    "tokenizer_config.json with its vocabulary), as save_pretrained writes them; a LoRA adapter folder holds "
+    "adapter_config.json instead of config.json"
+)
+# How tokenizer files start or end: tokenizer.json, tokenizer_config.json, vocab.json / vocab.txt, spiece.model,
+# sentencepiece.bpe.model, tokenizer.model, *.tiktoken.
+_TOKENIZER_FILE_STARTS = ("tokenizer", "vocab", "spiece", "sentencepiece")
+_TOKENIZER_FILE_ENDS = (".model", ".tiktoken")
 
 
 def hub_offline() -> bool:
@@ -41,6 +52,10 @@ def resolve_model_source(name_or_path: str | None, what: str) -> str:
     if os.path.exists(expanded):
         if not os.path.isdir(expanded):
             raise PipelineError(f"{what} '{name_or_path}' is a file; give the folder that holds config.json")
+        if not any(os.path.isfile(os.path.join(expanded, name)) for name in ("config.json", "adapter_config.json")):
+            raise PipelineError(
+                f"{what} '{name_or_path}' is not a model folder: it holds no config.json. {MODEL_FOLDER_HOLDS}"
+            )
         return expanded
     if looks_like_path(name_or_path):
         raise PipelineError(
@@ -56,6 +71,10 @@ def resolve_model_source(name_or_path: str | None, what: str) -> str:
 
 def load_tokenizer(source: str, pad_token: str | None = None, padding_side: str = "right") -> PreTrainedTokenizerBase:
     """Load a tokenizer and make sure it pads with a token different from EOS."""
+    if os.path.isdir(source) and not any(
+        name.startswith(_TOKENIZER_FILE_STARTS) or name.endswith(_TOKENIZER_FILE_ENDS) for name in os.listdir(source)
+    ):
+        raise PipelineError(f"the folder '{source}' holds no tokenizer files. {MODEL_FOLDER_HOLDS}")
     tokenizer = AutoTokenizer.from_pretrained(source, padding_side=padding_side)
     if tokenizer.pad_token is None:
         if pad_token is None:
@@ -148,9 +167,12 @@ def adapter_base(adapter_dir: str | Path) -> str:
     return base
 
 
-def load_sequence_scorer(source: str, model_args: ModelArguments, pad_token_id: int) -> PreTrainedModel:
+def load_sequence_scorer(
+    source: str, model_args: ModelArguments, pad_token_id: int, new_head: bool = False
+) -> PreTrainedModel:
     """A sequence-classification model with one output (reward or value), dropout off. A LoRA adapter folder is
-    applied to the base it names and merged into it."""
+    applied to the base it names and merged into it. ``new_head``: ``source`` may be a causal LM, whose score head
+    the caller trains (no load report for it)."""
     if is_lora_adapter(source):
         if model_args.load_in_4bit or model_args.load_in_8bit:
             raise PipelineError(
@@ -158,12 +180,17 @@ def load_sequence_scorer(source: str, model_args: ModelArguments, pad_token_id: 
                 "model folder (the RM stage writes it to model/)"
             )
         base = resolve_model_source(adapter_base(source), f"base model of the adapter in {source}")
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **model_load_kwargs(model_args))
-        model = PeftModel.from_pretrained(model, source).merge_and_unload()
+        with new_score_head():  # the adapter brings it
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base, num_labels=1, **model_load_kwargs(model_args)
+            )
+        with lm_head_unaffected():
+            model = PeftModel.from_pretrained(model, source).merge_and_unload()
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=1, **model_load_kwargs(model_args)
-        )
+        with new_score_head() if new_head else nullcontext():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=1, **model_load_kwargs(model_args)
+            )
     model.config.pad_token_id = pad_token_id
     disable_dropout_in_model(model)
     _keep_4bit_trainable(model)
@@ -188,7 +215,10 @@ def merge_adapter(base_source: str, adapter_dir: Path, out_dir: Path, scorer: bo
     """
     auto_class = AutoModelForSequenceClassification if scorer else AutoModelForCausalLM
     extra = {"num_labels": 1} if scorer else {}
-    base = auto_class.from_pretrained(base_source, dtype=torch.float32, **extra)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    # A reward model: the adapter brings the score head, and there is no LM head.
+    with new_score_head() if scorer else nullcontext():
+        base = auto_class.from_pretrained(base_source, dtype=torch.float32, **extra)
+    with lm_head_unaffected() if scorer else nullcontext():
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out_dir)

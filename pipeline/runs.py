@@ -103,6 +103,17 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def check_run_name(run: str) -> None:
+    """Refuse a run name that is not one plain folder name, so that every run stays directly under runs_dir."""
+    if not run.strip():
+        raise PipelineError("the run name is empty: give --run a name such as 'demo' or 'llama-lora'")
+    if run in (".", "..") or "/" in run or "\\" in run:  # an absolute path holds a separator too
+        raise PipelineError(
+            f"run name '{run}' is not a plain folder name (no '/', '\\', '..' or absolute path): a run lives in "
+            "runs_dir/<run>/; to keep runs somewhere else, set --runs_dir"
+        )
+
+
 @dataclass
 class StageDir:
     """The output folder of one stage of one run."""

@@ -1,6 +1,6 @@
 """RM stage: a pairwise (Bradley-Terry) reward model with TRL's RewardTrainer, initialized from the SFT model.
 
-Run: ``accelerate launch -m stages.rm --config configs/<preset>/rm.yaml [--field value ...]``.
+Run: ``python -m pipeline.launch -m stages.rm --config configs/<preset>/rm.yaml [--field value ...]``.
 Without ``model_name_or_path`` it starts from this run's SFT model (as InstructGPT does).
 """
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     work = open_training_stage(stage, args, (run_args, data_args, model_args), source, started)
     trainer = RewardTrainer(
-        model=load_sequence_scorer(source, model_args, tokenizer.pad_token_id),
+        model=load_sequence_scorer(source, model_args, tokenizer.pad_token_id, new_head=True),
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,

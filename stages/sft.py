@@ -1,6 +1,6 @@
 """SFT stage: supervised fine-tuning of the policy with TRL's SFTTrainer (full, LoRA or QLoRA).
 
-Run: ``accelerate launch -m stages.sft --config configs/<preset>/sft.yaml [--field value ...]``.
+Run: ``python -m pipeline.launch -m stages.sft --config configs/<preset>/sft.yaml [--field value ...]``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import pytest
 from transformers import AutoTokenizer
 from trl import SFTTrainer
 
+from pipeline import cli
 from pipeline.errors import EXIT_USER_ERROR, run_main
 from pipeline.runs import StageDir
 from stages import rm, sft
@@ -52,6 +53,9 @@ def inputs(tiny_base: Path, tmp_path_factory) -> Inputs:
         tokenizer.pad_token = pad
         tokenizer.save_pretrained(folder / name)
         assert AutoTokenizer.from_pretrained(folder / name).pad_token == pad  # the case tests what it says
+    (folder / "not_a_model").mkdir()
+    (folder / "not_a_model" / "notes.txt").write_text("weights are elsewhere\n")
+    shutil.copytree(tiny_base, folder / "no_tokenizer", ignore=shutil.ignore_patterns("tokenizer*"))
     demo_config = (REPO / "configs" / "demo" / "sft.yaml").read_text()
     (folder / "unknown_key.yaml").write_text(demo_config + "learning_rat: 1.0e-3\n")
     (folder / "wrong_type.yaml").write_text(demo_config + "max_steps: lots\n")
@@ -113,6 +117,14 @@ CASES: dict[str, Case] = {
     "model_path_missing": Case(
         sft, _sft("--model_name_or_path", "/no/such/model"), ("base model path '/no/such/model' does not exist",)
     ),
+    "folder_is_not_a_model": Case(
+        sft,
+        _sft_from("--model_name_or_path", "not_a_model"),
+        ("not_a_model' is not a model folder", "no config.json", "tokenizer"),
+    ),
+    "model_folder_without_tokenizer": Case(
+        sft, _sft_from("--model_name_or_path", "no_tokenizer"), ("no_tokenizer' holds no tokenizer", "tokenizer.json")
+    ),
     "hub_id_offline": Case(
         sft, _sft("--model_name_or_path", "someone/some-model"), ("'someone/some-model'", "no hub is reachable")
     ),
@@ -147,6 +159,10 @@ CASES: dict[str, Case] = {
     "broken_yaml": Case(sft, _sft_config("broken.yaml"), ("broken.yaml is not valid YAML", "line")),
     "missing_config": Case(sft, _sft_config("nowhere.yaml"), ("config file not found", "nowhere.yaml")),
     "eval_fraction_above_one": Case(sft, _sft("--eval_fraction", "2"), ("eval_fraction must be between 0 and 1",)),
+    "run_name_with_slash": Case(sft, _sft("--run", "team/a"), ("run name 'team/a'", "--runs_dir")),
+    "run_name_climbing_out": Case(sft, _sft("--run", ".."), ("run name '..'",)),
+    "run_name_absolute": Case(rm, _rm("--run", "/tmp/elsewhere"), ("run name '/tmp/elsewhere'",)),
+    "run_name_empty": Case(sft, _sft("--run", ""), ("run name is empty",)),
     "rm_before_sft": Case(rm, _rm(), (f"stage 'sft' of run '{RUN}' is not complete", f"`make sft RUN={RUN}`")),
 }
 
@@ -183,6 +199,17 @@ def test_rm_with_an_incomplete_sft_stage_names_make_sft(inputs: Inputs, tmp_path
     assert exited.value.code == EXIT_USER_ERROR
     assert f"run `make sft RUN={RUN}` first" in capsys.readouterr().err
     assert complete_stages(runs) == [] and not (runs / RUN / "rm").exists()
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_cli_refuses_a_run_outside_runs_dir(command: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "outside" / "ppo").mkdir(parents=True)
+    (tmp_path / "outside" / "ppo" / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--runs_dir", str(tmp_path / "runs"), "--run", "../outside"])
+    assert exited.value.code == EXIT_USER_ERROR
+    assert "run name '../outside' is not a plain folder name" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["outside"]
 
 
 @pytest.mark.parametrize("name", ["hub_id_offline", "rm_before_sft"])
