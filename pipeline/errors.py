@@ -33,6 +33,7 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
         main(argv)
     except PipelineError as error:
         if isinstance(error, UserCodeError) and error.__cause__ is not None:
+            close_progress_bars()
             traceback.print_exception(error.__cause__, file=sys.stderr)
         fail(str(error))
 

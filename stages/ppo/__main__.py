@@ -1,6 +1,7 @@
 """PPO stage: optimize the SFT policy against reward sources with a KL penalty to the SFT reference.
 
-Run: ``accelerate launch -m stages.ppo --config configs/<preset>/ppo.yaml [--field value ...]``.
+Run: ``accelerate launch -m stages.ppo --config configs/<preset>/ppo.yaml [--field value ...]`` (or through
+``python -m pipeline.launch``, which takes the same arguments and ends a failed run with its own message).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from pathlib import Path
@@ -16,6 +17,7 @@ from trl.trainer.utils import disable_dropout_in_model
 from pipeline.config import ModelArguments
 from pipeline.errors import PipelineError
 from pipeline.models import load_causal_lm, load_sequence_scorer, lora_config, merge_adapter
+from pipeline.noise import lm_head_unaffected
 from stages.ppo.config import PPOArguments
 from stages.ppo.layout import Layout
 from stages.ppo.modeling import POLICY_ADAPTER, REWARD_ADAPTER, VALUE_ADAPTER, PolicyAndValue, ValueHead, trunk_of
@@ -134,7 +136,14 @@ def save_policy_and_value(
         if getattr(model.policy, "is_quantized", False):
             merge_adapter(sft_source, work / "adapter", work / "model")
             return written
-        model.policy.merge_and_unload(adapter_names=[POLICY_ADAPTER]).save_pretrained(work / "model")
+        # PEFT warns about embeddings tied to the LM head when another adapter (the reward adapter) trains them;
+        # only the policy adapter is merged, so that matters only if the policy adapter itself adapts embeddings.
+        policy_embeddings = any(
+            "lora_embedding" in n and f".{POLICY_ADAPTER}." in n for n, _ in model.named_parameters()
+        )
+        with contextlib.nullcontext() if policy_embeddings else lm_head_unaffected():
+            merged = model.policy.merge_and_unload(adapter_names=[POLICY_ADAPTER])
+        merged.save_pretrained(work / "model")
     else:
         model.policy.save_pretrained(work / "model")
     tokenizer.save_pretrained(work / "model")

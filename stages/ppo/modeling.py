@@ -185,10 +185,10 @@ class PolicyModel(nn.Module):
     def _backbones(self) -> list:
         return [self.policy]
 
-    # TRL's unwrap_model_for_generation switches gradient checkpointing off while generating.
+    # TRL's unwrap_model_for_generation switches gradient checkpointing off while generating, by these names.
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return any(model.is_gradient_checkpointing for model in self._backbones())
+        return any(model.is_activation_checkpointing for model in self._backbones())
 
     def gradient_checkpointing_disable(self) -> None:
         for model in self._backbones():

@@ -20,6 +20,7 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.models import adapter_base
+from pipeline.noise import lm_head_unaffected
 from pipeline.runs import MANIFEST, content_hash, read_json
 from stages.ppo.modeling import REWARD_ADAPTER, VALUE_ADAPTER
 
@@ -69,7 +70,8 @@ def attach_reward_adapter(policy: PeftModel, adapter_dir: Path) -> nn.Linear:
             f"({sorted(head)[:3]}), which the policy's base does not share: set share_reward_base false"
         )
     config = dataclasses.replace(config, task_type="CAUSAL_LM", modules_to_save=None, lora_dropout=0.0)
-    policy.add_adapter(REWARD_ADAPTER, config)
+    with lm_head_unaffected():  # the reward adapter reads hidden states, never the LM head its embeddings tie to
+        policy.add_adapter(REWARD_ADAPTER, config)
     result = set_peft_model_state_dict(policy, lora, adapter_name=REWARD_ADAPTER)
     missing = [key for key in result.missing_keys if f".{REWARD_ADAPTER}." in key]
     if missing or result.unexpected_keys:
