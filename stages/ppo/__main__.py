@@ -26,7 +26,7 @@ from reward_models.learned import load_learned_reward
 from reward_models.policy_base import PolicyBaseReward
 from reward_models.registry import RewardSource, build_reward_sources, parse_reward_kwargs, parse_specs
 from stages.ppo.build import build_policy_and_value, save_policy_and_value
-from stages.ppo.checkpoints import latest_checkpoint
+from stages.ppo.checkpoints import check_resumable
 from stages.ppo.config import PPOConfig, PPOModelArguments
 from stages.ppo.evaluate import evaluate_policies
 from stages.ppo.layout import decide_layout
@@ -71,21 +71,6 @@ def check_value_tokenizer(policy_tokenizer: PreTrainedTokenizerBase, value_sourc
         )
 
 
-def check_resumable(stage: StageDir, args: PPOConfig) -> None:
-    """Before anything is loaded: ``resume_from_checkpoint latest`` needs a checkpoint of an unfinished run."""
-    if str(args.resume_from_checkpoint).lower() not in ("true", "latest"):
-        return
-    if latest_checkpoint(stage.work / "checkpoints") is not None:
-        return
-    if stage.is_complete():
-        raise PipelineError(
-            f"stage 'ppo' of run '{stage.run}' is already complete ({stage.final}): there is nothing to resume. "
-            "Run it again without --resume_from_checkpoint to start afresh (the completed stage is replaced when "
-            "the new run finishes)"
-        )
-    raise PipelineError(f"resume_from_checkpoint: no checkpoint in {stage.work / 'checkpoints'}")
-
-
 def reward_model_loader(
     rm_source: str | None, on_policy_base: Callable | None, dtype: str, batch_size: int
 ) -> Callable[[str], RewardSource]:
@@ -109,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.time()
     stage = StageDir(run_args.runs_dir, run_args.run, "ppo")
-    check_resumable(stage, args)
+    check_resumable(stage, args.resume_from_checkpoint)
     if args.sft_model_path:
         sft_source = resolve_model_source(args.sft_model_path, "SFT model")
     else:

@@ -20,8 +20,16 @@ from pipeline.models import load_causal_lm, load_sequence_scorer, lora_config, m
 from pipeline.noise import lm_head_unaffected
 from stages.ppo.config import PPOArguments
 from stages.ppo.layout import Layout
-from stages.ppo.modeling import POLICY_ADAPTER, REWARD_ADAPTER, VALUE_ADAPTER, PolicyAndValue, ValueHead, trunk_of
-from stages.ppo.reward_adapter import attach_reward_adapter, copy_reward_into_value_adapter
+from stages.ppo.modeling import (
+    POLICY_ADAPTER,
+    REWARD_ADAPTER,
+    VALUE_ADAPTER,
+    PolicyAndValue,
+    ValueHead,
+    copy_adapter,
+    trunk_of,
+)
+from stages.ppo.reward_adapter import attach_reward_adapter
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -99,7 +107,7 @@ def build_policy_and_value(
     policy.add_adapter(VALUE_ADAPTER, top_layers_only(config, policy, layout.value_adapter_layers))
     value_head = ValueHead(policy.config.hidden_size)
     if reward_head is not None:
-        copy_reward_into_value_adapter(policy)
+        copy_adapter(policy, REWARD_ADAPTER, VALUE_ADAPTER)
         value_head.start_from(reward_head)
     disable_dropout_in_model(policy)
     return PolicyAndValue(

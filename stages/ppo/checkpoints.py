@@ -22,7 +22,7 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.metrics import read_metrics
-from pipeline.runs import METRICS, read_json, write_json_atomic
+from pipeline.runs import METRICS, StageDir, read_json, write_json_atomic
 
 CHECKPOINT_PREFIX = "checkpoint-"
 SIGNATURE = "run_signature.json"
@@ -48,6 +48,21 @@ def latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     found = list_checkpoints(folder)
     return found[-1] if found else None
+
+
+def check_resumable(stage: StageDir, resume_from_checkpoint: str | None) -> None:
+    """Before anything is loaded: ``resume_from_checkpoint latest`` needs a checkpoint of an unfinished run."""
+    if str(resume_from_checkpoint).lower() not in ("true", "latest"):
+        return
+    if latest_checkpoint(stage.work / "checkpoints") is not None:
+        return
+    if stage.is_complete():
+        raise PipelineError(
+            f"stage '{stage.stage}' of run '{stage.run}' is already complete ({stage.final}): there is nothing to "
+            "resume. Run it again without --resume_from_checkpoint to start afresh (the completed stage is replaced "
+            "when the new run finishes)"
+        )
+    raise PipelineError(f"resume_from_checkpoint: no checkpoint in {stage.work / 'checkpoints'}")
 
 
 class Checkpoints:

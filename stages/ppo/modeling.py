@@ -19,6 +19,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -65,6 +66,25 @@ def last_token_rows(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     """``hidden`` at each row's last attended position (the EOS of a finished response)."""
     last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+@torch.no_grad()
+def copy_adapter(model: PeftModel, source: str, target: str) -> None:
+    """Set every weight of adapter ``target`` to adapter ``source``'s in the same module (``target`` must have the
+    same rank and sit on a subset of ``source``'s modules)."""
+    copied = 0
+    for module in model.modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        for part in (getattr(module, name) for name in module.adapter_layer_names):
+            if target in part:
+                into, start = part[target], part[source]
+                (into.weight if isinstance(into, nn.Module) else into).copy_(
+                    start.weight if isinstance(start, nn.Module) else start
+                )
+                copied += 1
+    if not copied:
+        raise RuntimeError(f"no layer of adapter '{target}' to start from adapter '{source}'")
 
 
 class ValueHead(nn.Module):

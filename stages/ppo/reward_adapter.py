@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel
-from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 from torch import nn
 
@@ -22,7 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.models import adapter_base
 from pipeline.noise import lm_head_unaffected
 from pipeline.runs import MANIFEST, content_hash, read_json
-from stages.ppo.modeling import REWARD_ADAPTER, VALUE_ADAPTER
+from stages.ppo.modeling import REWARD_ADAPTER
 
 # The score head of a sequence-classification model in transformers' causal-LM families (Llama, Mistral, Qwen2,
 # Gemma, GPT-2, GPT-NeoX, ...), saved with the adapter as a fully trained module.
@@ -94,22 +93,3 @@ def attach_reward_adapter(policy: PeftModel, adapter_dir: Path) -> nn.Linear:
         if bias is not None:
             score.bias.copy_(bias)
     return score.to(policy.device).requires_grad_(False)
-
-
-@torch.no_grad()
-def copy_reward_into_value_adapter(policy: PeftModel) -> None:
-    """Set every value-adapter weight to the reward adapter's in the same module (the value adapter must have the
-    reward adapter's rank and sit on a subset of its modules)."""
-    copied = 0
-    for module in policy.modules():
-        if not isinstance(module, BaseTunerLayer):
-            continue
-        for part in (getattr(module, name) for name in module.adapter_layer_names):
-            if VALUE_ADAPTER in part:
-                value, reward = part[VALUE_ADAPTER], part[REWARD_ADAPTER]
-                (value.weight if isinstance(value, nn.Module) else value).copy_(
-                    reward.weight if isinstance(reward, nn.Module) else reward
-                )
-                copied += 1
-    if not copied:
-        raise RuntimeError("no value-adapter layer to start from the reward adapter")

@@ -47,12 +47,18 @@ class Sampler:
         self.rules: TokenRules = token_rules(
             args.allowed_token_ids, self.stop_ids, args.fixed_response_length, vocab_size
         )
-        self.config = sampling_config(args.response_length, args.temperature, self.stop_ids, tokenizer.pad_token_id)
+        self.configs = {
+            greedy: sampling_config(
+                args.response_length, args.temperature, self.stop_ids, tokenizer.pad_token_id, greedy=greedy
+            )
+            for greedy in (False, True)
+        }
 
-    def sample(self, policy, rows: dict[str, list], device: torch.device) -> Episodes:
+    def sample(self, policy, rows: dict[str, list], device: torch.device, greedy: bool = False) -> Episodes:
         """Sample with ``policy`` (a causal LM, or the reference) for ``rows``: each row's prompt repeated
-        ``num_generations`` times, consecutively, with its other columns."""
-        args, repeat = self.args, self.args.num_generations
+        ``num_generations`` times, consecutively, with its other columns; ``greedy`` decodes the most likely
+        response of each row once."""
+        args, repeat = self.args, 1 if greedy else self.args.num_generations
         prompts = [prompt for prompt in rows["prompt"] for _ in range(repeat)]
         prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, args.max_prompt_length, device)
         raw = generate(policy, prompt_ids, prompt_mask, self.config, self.rules, args.local_rollout_forward_batch_size)

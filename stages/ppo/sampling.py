@@ -136,17 +136,17 @@ def neutral_generation_defaults(model) -> Iterator[None]:
 
 
 def sampling_config(
-    max_new_tokens: int, temperature: float, stop_ids: list[int], pad_token_id: int
+    max_new_tokens: int, temperature: float, stop_ids: list[int], pad_token_id: int, greedy: bool = False
 ) -> GenerationConfig:
-    """Ancestral sampling at ``temperature``: no top-k, top-p or other truncation."""
+    """Ancestral sampling at ``temperature``: no top-k, top-p or other truncation; or, ``greedy``, the most likely
+    token at each step."""
+    sampling = {} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
+        do_sample=not greedy,
         eos_token_id=stop_ids,
         pad_token_id=pad_token_id,
+        **sampling,
     )
 
 

@@ -144,12 +144,12 @@ class PPOTrainer(Trainer):
 
     # ----- one rollout -------------------------------------------------------------------------------------
 
-    def sample(self, rows: dict[str, list], reference: bool = False) -> Episodes:
-        """Episodes for ``rows`` sampled by the policy (or the reference)."""
+    def sample(self, rows: dict[str, list], reference: bool = False, greedy: bool = False) -> Episodes:
+        """Episodes for ``rows`` sampled by the policy (or the reference); ``greedy``: its most likely response."""
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped, self.computing():
             context = unwrapped.reference_policy() if reference else contextlib.nullcontext(unwrapped.policy)
             with context as policy:
-                return self.sampler.sample(policy, rows, self.accelerator.device)
+                return self.sampler.sample(policy, rows, self.accelerator.device, greedy=greedy)
 
     def forward_passes(self, episodes: Episodes) -> Passes:
         with self.computing():
@@ -206,6 +206,7 @@ class PPOTrainer(Trainer):
             rows = self.prompts[batches.indices(update)]
             episodes, rewards, gold, scores = self.collect(rows, timer)
             metrics = {**self.reward_metrics(rewards, gold), **self.learn(episodes, rewards, scores, timer)}
+            metrics.update(self.evaluation_metrics(update + 1))
             metrics["objective/kl_coef"] = self.kl_controller.value
             self.kl_controller.update(metrics["objective/kl"], len(episodes) * self.accelerator.num_processes)
             self.lr_scheduler.step()
@@ -272,6 +273,10 @@ class PPOTrainer(Trainer):
         self.state.logging_steps = args.logging_steps
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         return batches, num_updates
+
+    def evaluation_metrics(self, update: int) -> dict[str, float]:
+        """Figures a stage measures along the way after ``update`` (e.g. a dev-set accuracy); none here."""
+        return {}
 
     def prepare_update(self) -> None:
         """The update step on the prepared model (see ``learn``)."""

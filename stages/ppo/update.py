@@ -37,8 +37,65 @@ def policy_objective(
     }
 
 
-class PPOUpdate:
-    """Epochs x minibatches x gradient-accumulation micro-batches over a rollout, on the prepared model."""
+class MinibatchUpdate:
+    """Epochs x minibatches x gradient-accumulation micro-batches over one batch of episodes, on the prepared model:
+    the loop every algorithm on the engine trains with. Subclasses give the micro-batch's losses and gradients
+    (``micro_step``) and may act after each optimizer step or stop an update early."""
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator, args: PPOArguments
+    ) -> None:
+        self.model, self.optimizer, self.accelerator, self.args = model, optimizer, accelerator, args
+
+    def __call__(self, batch) -> dict[str, float]:
+        """Train on ``batch`` (a ``Rollout`` or anything with ``rows(index)`` and a length); returns the statistics
+        averaged over steps and processes."""
+        args, accelerator = self.args, self.accelerator
+        stats: dict[str, list[torch.Tensor]] = defaultdict(list)
+        minibatch = len(batch) // args.num_mini_batches
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(len(batch), device=batch.responses.device)
+            for mb_start in range(0, len(batch), minibatch):
+                minibatch_stats = []
+                for start in range(mb_start, mb_start + minibatch, args.per_device_train_batch_size):
+                    rows = batch.rows(order[start : start + args.per_device_train_batch_size])
+                    with accelerator.accumulate(self.model):
+                        step_stats = self.micro_step(rows)
+                        if accelerator.sync_gradients and args.max_grad_norm:
+                            accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad()
+                        if accelerator.sync_gradients:
+                            self.after_optimizer_step()
+                    for key, value in step_stats.items():
+                        stats[key].append(value)
+                    minibatch_stats.append(step_stats)
+                if self.stop_early(minibatch_stats, stats):
+                    return self._mean(stats)
+        return self._mean(stats)
+
+    def micro_step(self, rows) -> dict[str, torch.Tensor]:
+        """Losses and gradients of one micro-batch; returns its statistics."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimizer step that updated the weights."""
+
+    def stop_early(self, minibatch_stats: list[dict[str, torch.Tensor]], stats: dict[str, list]) -> bool:
+        """Whether to skip the update's remaining minibatches (may add to ``stats``)."""
+        return False
+
+    def _mean(self, stats: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        device = self.accelerator.device
+        means = {key: torch.stack([v.float().to(device) for v in values]).mean() for key, values in stats.items()}
+        if "val/ratio" in stats:
+            ratios = torch.stack(stats["val/ratio"])
+            means["val/ratio_var"] = ratios.var() if len(ratios) > 1 else torch.zeros((), device=ratios.device)
+        return {key: self.accelerator.reduce(value, reduction="mean").item() for key, value in means.items()}
+
+
+class PPOUpdate(MinibatchUpdate):
+    """PPO's clipped policy and value losses on a rollout's micro-batches."""
 
     def __init__(
         self,
@@ -52,42 +109,11 @@ class PPOUpdate:
         """``passes``: ('policy', 'value') runs the two passes of a micro-batch one after the other, each backward
         freeing its activations before the next forward; ('both',) runs them jointly (DeepSpeed and FSDP engines
         expect one backward per micro-batch)."""
-        self.model, self.optimizer, self.accelerator = model, optimizer, accelerator
-        self.args, self.rules, self.passes = args, rules, passes
+        super().__init__(model, optimizer, accelerator, args)
+        self.rules, self.passes = rules, passes
 
-    def __call__(self, rollout: Rollout) -> dict[str, float]:
-        """Train on ``rollout``; returns the statistics averaged over steps and processes."""
-        args, accelerator = self.args, self.accelerator
-        stats: dict[str, list[torch.Tensor]] = defaultdict(list)
-        minibatch = len(rollout) // args.num_mini_batches
-        for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(len(rollout), device=rollout.responses.device)
-            for mb_start in range(0, len(rollout), minibatch):
-                minibatch_kl = []
-                for start in range(mb_start, mb_start + minibatch, args.per_device_train_batch_size):
-                    batch = rollout.rows(order[start : start + args.per_device_train_batch_size])
-                    with accelerator.accumulate(self.model):
-                        step_stats = self._forward_backward(batch)
-                        if accelerator.sync_gradients and args.max_grad_norm:
-                            accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad()
-                    for key, value in step_stats.items():
-                        stats[key].append(value)
-                    if "first/ratio" not in stats:
-                        stats["first/ratio"].append(step_stats["val/ratio"])
-                        stats["first/approxkl"].append(step_stats["policy/approxkl_avg"])
-                    minibatch_kl.append(step_stats["policy/approxkl_avg"])
-                if args.target_kl_early_stop is not None:
-                    approxkl = accelerator.reduce(torch.stack(minibatch_kl).mean(), reduction="mean")
-                    if approxkl.item() > args.target_kl_early_stop:
-                        stats["policy/early_stop"].append(torch.tensor(1.0))
-                        return self._mean(stats)
-        return self._mean(stats)
-
-    def _forward_backward(self, batch: Rollout) -> dict[str, torch.Tensor]:
-        """Losses and gradients of one micro-batch; returns its statistics. The first of two passes keeps its
-        gradients local (DDP ``no_sync``); the last one synchronizes all of them."""
+    def micro_step(self, batch: Rollout) -> dict[str, torch.Tensor]:
+        """The first of two passes keeps its gradients local (DDP ``no_sync``); the last one synchronizes all."""
         args, accelerator = self.args, self.accelerator
         keep = batch.response_length + 1
         stats: dict[str, torch.Tensor] = {}
@@ -116,9 +142,16 @@ class PPOUpdate:
                 accelerator.backward(loss)
         return stats
 
-    def _mean(self, stats: dict[str, list[torch.Tensor]]) -> dict[str, float]:
-        device = self.accelerator.device
-        ratios = torch.stack(stats["val/ratio"])
-        means = {key: torch.stack([v.float().to(device) for v in values]).mean() for key, values in stats.items()}
-        means["val/ratio_var"] = ratios.var() if len(ratios) > 1 else torch.zeros((), device=ratios.device)
-        return {key: self.accelerator.reduce(value, reduction="mean").item() for key, value in means.items()}
+    def stop_early(self, minibatch_stats: list[dict[str, torch.Tensor]], stats: dict[str, list]) -> bool:
+        """Record the first micro-batch's ratio and approx-KL (exactly 1 and 0: it sees the sampling policy), and
+        stop once a minibatch's approx-KL, averaged over processes, exceeds ``target_kl_early_stop``."""
+        if "first/ratio" not in stats:
+            stats["first/ratio"].append(minibatch_stats[0]["val/ratio"])
+            stats["first/approxkl"].append(minibatch_stats[0]["policy/approxkl_avg"])
+        if self.args.target_kl_early_stop is None:
+            return False
+        approxkl = torch.stack([s["policy/approxkl_avg"] for s in minibatch_stats]).mean()
+        if self.accelerator.reduce(approxkl, reduction="mean").item() > self.args.target_kl_early_stop:
+            stats["policy/early_stop"].append(torch.tensor(1.0))
+            return True
+        return False
