@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,7 @@ def test_value_learning_rate_applies_to_the_value_parameters_only(sft_model, tmp
 def test_value_model_must_share_the_policy_tokenizer(sft_model, tmp_path):
     """The value model reads the policy's token ids: one with another vocabulary is refused before training."""
     other = tmp_path / "other-vocab"
+    shutil.copytree(sft_model, other)  # a model folder (config and weights) whose tokenizer maps tokens elsewhere
     tokenizer = AutoTokenizer.from_pretrained(sft_model)
     tokenizer.add_tokens(["zzzz"])
     tokenizer.save_pretrained(other)
