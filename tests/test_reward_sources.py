@@ -7,16 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from trl import RewardConfig, RewardTrainer
 
 from pipeline.errors import PipelineError
 from pipeline.metrics import read_metrics
 from pipeline.tiny_base import build_model, train_tokenizer
+from reward_models.learned import LearnedReward
 from reward_models.registry import build_reward
 from reward_models.vader import vader_reward
 from stages.ppo.build import reward_model_loader
 from stages.ppo.rollout import score
-from tests.conftest import DEMO_DATA, TINY_SIZE
+from tests.conftest import BOS_CHAT_TEMPLATE, DEMO_DATA, TINY_SIZE
 from tests.ppo_testing import ppo_argv, run_ppo, tiny_sft_model
 from tests.rewards_for_tests import count_i
 
@@ -84,6 +87,31 @@ def test_rm_spec_is_the_runs_reward_model(own_tokenizer_rm):
     reward = build_reward("rm", None, reward_model_loader(str(own_tokenizer_rm), "float32", batch_size=8))
     scores = reward(prompts=PROMPTS, completions=COMPLETIONS)
     torch.testing.assert_close(scores, torch.tensor(rm_scores_one_by_one(own_tokenizer_rm, PROMPTS, COMPLETIONS)))
+
+
+def test_conversational_rows_are_scored_on_the_ids_the_reward_trainer_trained_on(own_tokenizer_rm, tmp_path):
+    """The chat template writes the BOS: the reward model must see it once, as TRL's RewardTrainer tokenizes the
+    same rows for training, not a second one from the tokenizer's own special tokens."""
+    tokenizer = AutoTokenizer.from_pretrained(own_tokenizer_rm)
+    tokenizer.chat_template = BOS_CHAT_TEMPLATE
+    model = AutoModelForSequenceClassification.from_pretrained(own_tokenizer_rm).eval()
+    prompts = [[{"role": "user", "content": prompt}] for prompt in PROMPTS]
+    completions = [[{"role": "assistant", "content": completion}] for completion in COMPLETIONS]
+    rows = Dataset.from_dict({"prompt": prompts, "chosen": completions, "rejected": completions[::-1]})
+    trainer = RewardTrainer(
+        model=model,
+        args=RewardConfig(output_dir=str(tmp_path), report_to="none", bf16=False),
+        train_dataset=rows,
+        processing_class=tokenizer,
+    )
+    trained_on = trainer.train_dataset["chosen_ids"]
+    assert [ids.count(tokenizer.bos_token_id) for ids in trained_on] == [1, 1, 1]
+    with torch.no_grad():
+        expected = [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in trained_on]
+
+    scores = LearnedReward(model, tokenizer, batch_size=2)(prompts, completions)
+
+    torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-5, rtol=0)
 
 
 def test_weighted_sum_of_two_sources():
