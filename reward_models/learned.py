@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.config import ModelArguments
+from pipeline.models import adapter_base, is_lora_adapter, load_sequence_scorer, load_tokenizer, resolve_model_source
 from reward_models.inputs import reward_model_batch, reward_model_ids
 
 
@@ -47,3 +51,22 @@ class LearnedReward:
             batch = {key: value.to(device) for key, value in reward_model_batch(ids, self.tokenizer).items()}
             scores.append(self.model(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def load_learned_reward(
+    path: str,
+    dtype: str = "float32",
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    max_length: int | None = None,
+) -> LearnedReward:
+    """A reward model as a reward source: a model folder, a hub id, or a LoRA adapter folder (merged into the base
+    it names), with its own tokenizer (an adapter saved without one uses its base's), dropout off, frozen, in eval
+    mode, on ``device``. Errors name a missing path or an unreachable hub."""
+    source = resolve_model_source(path, "reward model")
+    tokenizer_source = source
+    if is_lora_adapter(source) and not (Path(source) / "tokenizer_config.json").is_file():
+        tokenizer_source = resolve_model_source(adapter_base(source), f"base model of the adapter in {source}")
+    tokenizer = load_tokenizer(tokenizer_source)
+    model = load_sequence_scorer(source, ModelArguments(dtype=dtype), tokenizer.pad_token_id)
+    return LearnedReward(model.to(device).requires_grad_(False), tokenizer, batch_size, max_length)

@@ -15,7 +15,7 @@ from pipeline.datasets import load_preference_data
 from pipeline.errors import PipelineError
 from pipeline.metrics import read_metrics as read_jsonl
 from pipeline.models import load_tokenizer
-from reward_models.learned import LearnedReward
+from reward_models.learned import LearnedReward, load_learned_reward
 from stages import rm
 from tests.conftest import DEMO_DATA
 from tests.ppo_testing import ppo_argv, run_ppo
@@ -74,6 +74,11 @@ def test_encoder_reward_model_scores_text_pairs_with_its_own_head(tiny_bert: Pat
     expected = pair_scores(folder, PROMPTS, COMPLETIONS)
     torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-5, rtol=0)
     assert len(set(expected)) == len(expected), "a constant reward model cannot tell texts apart"
+    loaded = load_learned_reward(str(folder), "float32", batch_size=2, device="cpu")
+    torch.testing.assert_close(loaded(PROMPTS, COMPLETIONS), torch.tensor(expected), atol=1e-5, rtol=0)
+    dropouts = [module.p for module in loaded.model.modules() if isinstance(module, torch.nn.Dropout)]
+    assert dropouts and set(dropouts) == {0.0}, "BERT's dropout (0.1 in its config) must be off"
+    assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
 
 
 def test_demo_lora_targets_on_an_encoder_say_what_to_set(tiny_bert: Path, tmp_path: Path) -> None:
