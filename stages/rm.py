@@ -16,7 +16,7 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft.utils.error import NoMatchingPeftModuleError
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, set_seed
 from trl import RewardConfig, RewardTrainer
 
 from pipeline.config import DataArguments, ModelArguments, RunArguments, parse_config
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(source, model_args.tokenizer_pad_token)
 
     work = open_training_stage(stage, args, (run_args, data_args, model_args), source, started)
+    set_seed(args.seed)  # the score head is drawn when the model loads, before TRL seeds
     model = load_sequence_scorer(source, model_args, tokenizer.pad_token_id)
     try:
         trainer = PairRewardTrainer(

@@ -107,6 +107,14 @@ def test_rm_summary_diagnoses_the_held_out_pairs(default_rm: Path) -> None:
     assert summary["warnings"] == ([length["warning"]] if length["warning"] else [])
 
 
+def test_a_run_repeats_exactly(runs: Path, sft_model: Path) -> None:
+    """The score head starts random: it is drawn after seeding, so the same seed gives the same reward model."""
+    for run in ("seed-a", "seed-b"):
+        rm.main(rm_args(runs, run, "--model_name_or_path", str(sft_model), train_rows=32, eval_rows=16))
+    first, second = (load_file(runs / run / "rm" / "model" / "model.safetensors") for run in ("seed-a", "seed-b"))
+    assert first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
+
+
 def test_a_gold_score_that_is_no_number_is_named_before_training(runs: Path, sft_model: Path, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (DEMO_DATA / "prefs_eval.jsonl").read_text().splitlines()[:8]]
     rows[3]["gold_rejected"] = "high"
