@@ -94,7 +94,9 @@ def text_length(completion: str | list[dict]) -> int:
     return len(completion) if isinstance(completion, str) else sum(len(message["content"]) for message in completion)
 
 
-def write_diagnostics(chosen: torch.Tensor, rejected: torch.Tensor, rows: Dataset, margins, plots: Path) -> dict:
+def write_diagnostics(
+    chosen: torch.Tensor, rejected: torch.Tensor, rows: Dataset, margins: list[float] | None, plots: Path
+) -> dict:
     """The held-out diagnostics (``reward_models.diagnostics``) and their plots in ``plots``."""
     chosen_lengths = [text_length(completion) for completion in rows["chosen"]]
     rejected_lengths = [text_length(completion) for completion in rows["rejected"]]
