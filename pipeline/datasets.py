@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -628,11 +628,11 @@ def _checked_prompt(prompt: str | Messages, tokenizer: PreTrainedTokenizerBase) 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_preference_data(args: DataArguments) -> tuple[Dataset, Dataset]:
+def load_preference_data(args: DataArguments, keep_columns: Sequence[str] = ()) -> tuple[Dataset, Dataset]:
     """Train and eval rows in TRL's explicit preference format.
 
-    Columns: prompt, chosen, rejected (all strings, or all lists of chat messages for conversational data) and,
-    where the data has one, a float 'margin'; no other columns.
+    Columns: prompt, chosen, rejected (all strings, or all lists of chat messages for conversational data), where
+    the data has one a float 'margin', and those of ``keep_columns`` the data has, as stored; no other columns.
     """
 
     def rows_for(fmt: str) -> Callable[[dict], dict]:
@@ -644,7 +644,7 @@ def load_preference_data(args: DataArguments) -> tuple[Dataset, Dataset]:
 
         return normalize
 
-    return _load_normalized(args, "preference", rows_for, keep_other_columns=False)
+    return _load_normalized(args, "preference", rows_for, keep_other_columns=False, keep_columns=keep_columns)
 
 
 def load_sft_data(args: DataArguments) -> tuple[Dataset, Dataset]:
@@ -682,7 +682,11 @@ def load_prompt_data(args: DataArguments, tokenizer: PreTrainedTokenizerBase) ->
 
 
 def _load_normalized(
-    args: DataArguments, kind: str, rows_for: Callable[[str], Callable[[dict], dict]], keep_other_columns: bool
+    args: DataArguments,
+    kind: str,
+    rows_for: Callable[[str], Callable[[dict], dict]],
+    keep_other_columns: bool,
+    keep_columns: Sequence[str] = (),
 ) -> tuple[Dataset, Dataset]:
     train, evaluation = _load_splits(args)
     normalized = []
@@ -694,7 +698,7 @@ def _load_normalized(
             consumed = set(FORMAT_COLUMNS[fmt]) | ({"margin"} if fmt in _PREFERENCE else set())
             remove = [column for column in columns if column in consumed]
         else:
-            remove = columns
+            remove = [column for column in columns if column not in keep_columns]
         normalized.append(_normalize(split, rows_for(fmt), remove))
     return normalized[0], normalized[1]
 

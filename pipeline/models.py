@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -78,9 +79,12 @@ def load_tokenizer(source: str, pad_token: str | None = None, padding_side: str 
     tokenizer = AutoTokenizer.from_pretrained(source, padding_side=padding_side)
     if tokenizer.pad_token is None:
         if pad_token is None:
+            # An encoder's tokenizer has no EOS: then there is none to avoid.
+            not_eos = f" other than its EOS token '{tokenizer.eos_token}'" if tokenizer.eos_token else ""
+            example = f"its unk token '{tokenizer.unk_token}'" if tokenizer.unk_token else "a reserved special token"
             raise PipelineError(
                 f"the tokenizer of '{source}' has no pad token: pass --tokenizer_pad_token with a token from its "
-                "vocabulary that is not EOS (for example its unk token or a reserved special token)"
+                f"vocabulary{not_eos} (for example {example})"
             )
         if pad_token not in tokenizer.get_vocab():
             raise PipelineError(f"tokenizer_pad_token '{pad_token}' is not in the vocabulary of '{source}'")
@@ -206,6 +210,17 @@ def lora_config(model_args: ModelArguments, task_type: str) -> LoraConfig | None
     if task_type == "SEQ_CLS" and not config.modules_to_save:
         config.modules_to_save = ["score"]
     return config
+
+
+def no_lora_target_error(model: PreTrainedModel, targets: object, source: str) -> PipelineError:
+    """The error for LoRA ``targets`` that match no module of ``model``: the names its layers have, what to set."""
+    layers = (name for name, module in model.named_modules() if isinstance(module, nn.Linear | nn.Embedding))
+    names = sorted({name.rsplit(".", 1)[-1] for name in layers})
+    return PipelineError(
+        f"lora_target_modules {targets} match no module of '{source}', whose linear and embedding layers are named "
+        f"{', '.join(names)}: set --lora_target_modules all-linear (every linear layer) or some of those names, "
+        "or --use_peft false"
+    )
 
 
 def merge_adapter(base_source: str, adapter_dir: Path, out_dir: Path, scorer: bool = False) -> None:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.config import ModelArguments
+from pipeline.models import adapter_base, is_lora_adapter, load_sequence_scorer, load_tokenizer, resolve_model_source
+from reward_models.inputs import reward_model_batch, reward_model_ids
+
 
 class LearnedReward:
-    """Scores ``prompt + completion + EOS`` with a reward model, the way TRL's RewardTrainer trained it.
+    """Scores each prompt + completion with a reward model, on the inputs the RM stage trained it on.
 
-    Text from the policy is decoded and re-tokenized with the reward model's own tokenizer (special tokens
-    added as TRL's RewardTrainer adds them), so policy and reward model need not share a vocabulary.
-    The score is read at the last non-pad token, i.e. at EOS. ``scoring_mode``, when given, is entered around each
-    call and yields the model to score with (e.g. a LoRA-tuned copy with its adapter disabled).
+    Text from the policy is re-tokenized with the reward model's own tokenizer, as :mod:`reward_models.inputs`
+    tokenizes the RM stage's training pairs, so policy and reward model need not share a vocabulary. A decoder reads
+    ``prompt + completion + EOS`` and is scored at the EOS; an encoder reads ``(prompt, completion)`` as a text pair
+    and is scored on its pooled [CLS]; conversational rows go through the chat template.
     """
 
     __name__ = "reward_model"
@@ -26,50 +29,44 @@ class LearnedReward:
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 32,
         max_length: int | None = None,
-        scoring_mode: Callable[[], AbstractContextManager[PreTrainedModel]] | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_length = max_length
-        self.scoring_mode = scoring_mode or (lambda: nullcontext(self.model))
-
-    def texts(self, prompts: list, completions: list) -> list[str]:
-        """The sequences the model scores: conversational rows through the chat template, strings + EOS."""
-        texts = []
-        for prompt, completion in zip(prompts, completions, strict=True):
-            if isinstance(completion, list):
-                texts.append(self.tokenizer.apply_chat_template(prompt + completion, tokenize=False))
-                continue
-            text = prompt + completion
-            texts.append(text if text.endswith(self.tokenizer.eos_token) else text + self.tokenizer.eos_token)
-        return texts
 
     @torch.no_grad()
     def __call__(self, prompts: list, completions: list, **columns) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        texts = self.texts(prompts, completions)
         scores = []
-        with self.scoring_mode() as model:
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    texts[start : start + self.batch_size],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=self.max_length is not None,
-                    max_length=self.max_length,
-                ).to(device)
-                scores.append(model(**batch).logits[:, 0].float().cpu())
+        for start in range(0, len(completions), self.batch_size):
+            end = start + self.batch_size
+            ids = reward_model_ids(
+                self.tokenizer,
+                prompts[start:end],
+                completions[start:end],
+                truncation=self.max_length is not None,
+                max_length=self.max_length,
+            )
+            batch = {key: value.to(device) for key, value in reward_model_batch(ids, self.tokenizer).items()}
+            scores.append(self.model(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
 
 
-def load_learned_reward(source: str, dtype: str, batch_size: int, device) -> LearnedReward:
-    """A reward source from a reward-model folder, hub id or LoRA adapter folder, with its own tokenizer, frozen on
-    ``device``."""
-    from pipeline.config import ModelArguments
-    from pipeline.models import load_sequence_scorer, load_tokenizer, resolve_model_source
-
-    path = resolve_model_source(source, "reward model")
-    tokenizer = load_tokenizer(path)
-    model = load_sequence_scorer(path, ModelArguments(dtype=dtype), tokenizer.pad_token_id)
-    return LearnedReward(model.to(device).requires_grad_(False), tokenizer, batch_size=batch_size)
+def load_learned_reward(
+    path: str,
+    dtype: str = "float32",
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    max_length: int | None = None,
+) -> LearnedReward:
+    """A reward model as a reward source: a model folder, a hub id, or a LoRA adapter folder (merged into the base
+    it names), with its own tokenizer (an adapter saved without one uses its base's), dropout off, frozen, in eval
+    mode, on ``device``. Errors name a missing path or an unreachable hub."""
+    source = resolve_model_source(path, "reward model")
+    tokenizer_source = source
+    if is_lora_adapter(source) and not (Path(source) / "tokenizer_config.json").is_file():
+        tokenizer_source = resolve_model_source(adapter_base(source), f"base model of the adapter in {source}")
+    tokenizer = load_tokenizer(tokenizer_source)
+    model = load_sequence_scorer(source, ModelArguments(dtype=dtype), tokenizer.pad_token_id)
+    return LearnedReward(model.to(device).requires_grad_(False), tokenizer, batch_size, max_length)

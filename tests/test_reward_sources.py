@@ -8,18 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from trl import RewardConfig, RewardTrainer
 
 from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import read_metrics
 from pipeline.tiny_base import build_model, train_tokenizer
 from reward_models.base import Episodes, call_reward
+from reward_models.learned import LearnedReward, load_learned_reward
 from reward_models.registry import build_reward_sources, parse_reward_kwargs
 from reward_models.vader import vader_reward
 from stages.ppo.__main__ import reward_model_loader
 from tests import rewards_for_tests
-from tests.conftest import DEMO_DATA, TINY_SIZE
-from tests.ppo_testing import ppo_argv, run_ppo, tiny_sft_model
+from tests.conftest import BOS_CHAT_TEMPLATE, DEMO_DATA, TINY_SIZE
+from tests.ppo_testing import ppo_argv, run_ppo, tiny_reward_adapter, tiny_sft_model
 from tests.rewards_for_tests import count_i
 
 PROMPTS = ["Review of the cafe in Porto:", "How was the hostel?", "Rate the blender:"]
@@ -129,6 +132,72 @@ def test_learned_reward_model_folder_retokenizes_with_its_own_tokenizer(own_toke
 def test_rm_spec_is_the_runs_reward_model(own_tokenizer_rm):
     scores = scores_of("rm", load=loader(str(own_tokenizer_rm)))
     torch.testing.assert_close(scores, torch.tensor(rm_scores_one_by_one(own_tokenizer_rm, PROMPTS, COMPLETIONS)))
+
+
+def test_conversational_rows_are_scored_on_the_ids_the_reward_trainer_trained_on(own_tokenizer_rm, tmp_path):
+    """The chat template writes the BOS: the reward model must see it once, as TRL's RewardTrainer tokenizes the
+    same rows for training, not a second one from the tokenizer's own special tokens."""
+    tokenizer = AutoTokenizer.from_pretrained(own_tokenizer_rm)
+    tokenizer.chat_template = BOS_CHAT_TEMPLATE
+    model = AutoModelForSequenceClassification.from_pretrained(own_tokenizer_rm).eval()
+    prompts = [[{"role": "user", "content": prompt}] for prompt in PROMPTS]
+    completions = [[{"role": "assistant", "content": completion}] for completion in COMPLETIONS]
+    rows = Dataset.from_dict({"prompt": prompts, "chosen": completions, "rejected": completions[::-1]})
+    trainer = RewardTrainer(
+        model=model,
+        args=RewardConfig(output_dir=str(tmp_path), report_to="none", bf16=False),
+        train_dataset=rows,
+        processing_class=tokenizer,
+    )
+    trained_on = trainer.train_dataset["chosen_ids"]
+    assert [ids.count(tokenizer.bos_token_id) for ids in trained_on] == [1, 1, 1]
+    with torch.no_grad():
+        expected = [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in trained_on]
+
+    scores = LearnedReward(model, tokenizer, batch_size=2)(prompts, completions)
+
+    torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def test_load_learned_reward_from_a_folder_is_frozen(own_tokenizer_rm):
+    reward = load_learned_reward(str(own_tokenizer_rm), "float32", batch_size=2, device="cpu")
+    expected = rm_scores_one_by_one(own_tokenizer_rm, PROMPTS, COMPLETIONS)
+    torch.testing.assert_close(reward(PROMPTS, COMPLETIONS), torch.tensor(expected), atol=1e-5, rtol=0)
+    assert len(AutoTokenizer.from_pretrained(own_tokenizer_rm)) == len(reward.tokenizer) == RM_VOCAB
+    assert not reward.model.training and not any(p.requires_grad for p in reward.model.parameters())
+
+
+@pytest.mark.parametrize("with_tokenizer", [True, False], ids=["adapter-tokenizer", "base-tokenizer"])
+def test_load_learned_reward_applies_a_lora_adapter_to_its_base(tiny_base, tmp_path, with_tokenizer):
+    from peft import PeftModel
+
+    adapter = tiny_reward_adapter(tiny_base, tmp_path / "adapter")
+    if not with_tokenizer:  # a PEFT adapter saved on its own: its base's tokenizer is used
+        for file in adapter.iterdir():
+            if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                file.unlink()
+    reward = load_learned_reward(str(adapter), "float32", batch_size=8, device="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    scorer = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1), adapter
+    ).eval()
+    scorer.config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():
+        expected = [
+            scorer(**tokenizer(p + c + tokenizer.eos_token, return_tensors="pt")).logits[0, 0].item()
+            for p, c in zip(PROMPTS, COMPLETIONS, strict=True)
+        ]
+    torch.testing.assert_close(reward(PROMPTS, COMPLETIONS), torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("./no/such/reward-model", r"does not exist"), ("some-org/some-reward-model", r"no hub is reachable")],
+)
+def test_load_learned_reward_names_what_is_missing(path, message, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PipelineError, match=message):
+        load_learned_reward(path, "float32", 8, "cpu")
 
 
 def test_weighted_sum_of_two_sources():

@@ -17,6 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.config import DataArguments
 from pipeline.datasets import load_preference_data
+from pipeline.errors import PipelineError
 from reward_models.learned import LearnedReward
 from stages import rm, sft
 from tests.conftest import DEMO_DATA, REPO, subprocess_env
@@ -79,7 +80,8 @@ def test_rm_folder_summary_and_plots(default_rm: Path) -> None:
         "plots",
         "summary.json",
     ]
-    for plot in ("reward_distribution", "loss", "accuracy"):
+    plots = ("reward_distribution", "loss", "accuracy", "calibration", "accuracy_by_margin", "reward_vs_length")
+    for plot in plots:
         assert (default_rm / "plots" / f"{plot}.png").read_bytes().startswith(PNG_MAGIC)
     summary = read_json(default_rm / "summary.json")
     assert (summary["train_rows"], summary["eval_rows"], summary["lora"]) == (256, 64, True)
@@ -87,6 +89,42 @@ def test_rm_folder_summary_and_plots(default_rm: Path) -> None:
     assert "embed_tokens" in targets and "q_proj" in targets
     assert 0.0 <= summary["eval_accuracy"] <= 1.0 and summary["eval_reward_std"] > 0
     assert [path.name for path in default_rm.parent.iterdir() if path.name.startswith(".")] == []
+
+
+def test_rm_summary_diagnoses_the_held_out_pairs(default_rm: Path) -> None:
+    summary = read_json(default_rm / "summary.json")
+    diagnostics = summary["diagnostics"]
+    low, high = summary["eval_accuracy_ci95"]
+    assert low < summary["eval_accuracy"] == diagnostics["accuracy"] < high and diagnostics["pairs"] == 64
+    assert summary["eval_calibration_error"] == diagnostics["calibration"]["ece"]
+    assert sum(bucket["count"] for bucket in diagnostics["calibration"]["bins"]) == 64
+    assert sum(bucket["count"] for bucket in diagnostics["accuracy_by_predicted_margin"]) == 64
+    # The demo pairs carry their gold judge's scores: accuracy by the true margin, and against the gold order.
+    assert sum(bucket["count"] for bucket in diagnostics["accuracy_by_true_margin"]) == 64
+    assert 0 <= diagnostics["true_order_accuracy"] <= 1
+    length = diagnostics["length_correlation"]
+    assert length["unit"] == "characters" and -1 <= length["pearson"] <= 1
+    assert summary["warnings"] == ([length["warning"]] if length["warning"] else [])
+
+
+def test_a_run_repeats_exactly(runs: Path, sft_model: Path) -> None:
+    """The score head starts random: it is drawn after seeding, so the same seed gives the same reward model."""
+    for run in ("seed-a", "seed-b"):
+        rm.main(rm_args(runs, run, "--model_name_or_path", str(sft_model), train_rows=32, eval_rows=16))
+    first, second = (load_file(runs / run / "rm" / "model" / "model.safetensors") for run in ("seed-a", "seed-b"))
+    assert first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_a_gold_score_that_is_no_number_is_named_before_training(runs: Path, sft_model: Path, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (DEMO_DATA / "prefs_eval.jsonl").read_text().splitlines()[:8]]
+    rows[3]["gold_rejected"] = "high"
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    extra = ["--model_name_or_path", str(sft_model), "--eval_dataset_name", str(held_out)]
+    message = r"held_out.jsonl, held-out row 3, column 'gold_rejected' should be a number"
+    with pytest.raises(PipelineError, match=message):
+        rm.main(rm_args(runs, "bad-gold", *extra))
+    assert not (runs / "bad-gold").exists()
 
 
 def test_saved_reward_model_reproduces_the_summary(default_rm: Path) -> None:
