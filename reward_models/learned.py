@@ -11,6 +11,9 @@ from pipeline.config import ModelArguments
 from pipeline.models import adapter_base, is_lora_adapter, load_sequence_scorer, load_tokenizer, resolve_model_source
 from reward_models.inputs import reward_model_batch, reward_model_ids
 
+# transformers sets model_max_length to a huge number when the tokenizer does not know its model's limit.
+MODEL_MAX_LENGTH_UNSET = 1_000_000
+
 
 class LearnedReward:
     """Scores each prompt + completion with a reward model, on the inputs the RM stage trained it on.
@@ -62,11 +65,16 @@ def load_learned_reward(
 ) -> LearnedReward:
     """A reward model as a reward source: a model folder, a hub id, or a LoRA adapter folder (merged into the base
     it names), with its own tokenizer (an adapter saved without one uses its base's), dropout off, frozen, in eval
-    mode, on ``device``. Errors name a missing path or an unreachable hub."""
+    mode, on ``device``. Errors name a missing path or an unreachable hub. Texts longer than ``max_length`` (default:
+    the tokenizer's own limit, e.g. BERT's 512, when it has a real one) are cut from the left, so a decoder's EOS,
+    where its score is read, stays."""
     source = resolve_model_source(path, "reward model")
     tokenizer_source = source
     if is_lora_adapter(source) and not (Path(source) / "tokenizer_config.json").is_file():
         tokenizer_source = resolve_model_source(adapter_base(source), f"base model of the adapter in {source}")
     tokenizer = load_tokenizer(tokenizer_source)
+    tokenizer.truncation_side = "left"
+    if max_length is None and tokenizer.model_max_length < MODEL_MAX_LENGTH_UNSET:
+        max_length = tokenizer.model_max_length
     model = load_sequence_scorer(source, ModelArguments(dtype=dtype), tokenizer.pad_token_id)
     return LearnedReward(model.to(device).requires_grad_(False), tokenizer, batch_size, max_length)

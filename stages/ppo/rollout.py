@@ -61,7 +61,9 @@ class Sampler:
         args, repeat = self.args, 1 if greedy else self.args.num_generations
         prompts = [prompt for prompt in rows["prompt"] for _ in range(repeat)]
         prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, args.max_prompt_length, device)
-        raw = generate(policy, prompt_ids, prompt_mask, self.config, self.rules, args.local_rollout_forward_batch_size)
+        raw = generate(
+            policy, prompt_ids, prompt_mask, self.configs[greedy], self.rules, args.local_rollout_forward_batch_size
+        )
         responses, response_mask, last_index, ended = truncate_after_eos(
             raw, self.stop_ids, self.tokenizer.pad_token_id
         )

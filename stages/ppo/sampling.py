@@ -140,7 +140,7 @@ def sampling_config(
 ) -> GenerationConfig:
     """Ancestral sampling at ``temperature``: no top-k, top-p or other truncation; or, ``greedy``, the most likely
     token at each step."""
-    sampling = {} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=not greedy,
