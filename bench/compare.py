@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.metrics import binned_scores, kl_bin_edges, rusage_maxrss_mb, steady_episodes_per_second
+from bench.metrics import binned_scores, kl_bin_edges, phase_shares, rusage_maxrss_mb, steady_episodes_per_second
 from bench.random_model import REWARD_ADAPTER_DIR, REWARD_DIR
 from pipeline.errors import PipelineError, run_main
 from pipeline.runs import write_json_atomic
@@ -352,6 +352,7 @@ def run_side(side: str, scenario: Scenario, seed: int, extra: list[str] = (), va
     return {
         **result,
         "episodes_per_second": steady_episodes_per_second(records),
+        "phase_shares": phase_shares(records),
         "total_episodes": data["total_episodes"],
         "self_reported_peak_mb": data["self_reported_peak_mb"],
         "records": records,
@@ -376,6 +377,10 @@ def pool_runs(runs: list[dict]) -> dict:
         "wall_s": statistics.median(run["wall_s"] for run in runs),
         "peak_rss_mb": largest("peak_rss_mb"),
         "self_reported_peak_mb": largest("self_reported_peak_mb"),
+        "phase_shares": {
+            phase: statistics.median(run["phase_shares"].get(phase, 0.0) for run in runs)
+            for phase in sorted({phase for run in runs for phase in run.get("phase_shares", {})})
+        },
         "records": [record for run in runs for record in run["records"]],
     }
 
@@ -464,6 +469,12 @@ def report(scenario: Scenario, sides: dict[str, dict]) -> tuple[str, dict]:
             _row("self-reported peak (MiB)", ours.get("self_reported_peak_mb"), trl.get("self_reported_peak_mb"), 0),
             _row("process wall time (s)", ours.get("wall_s"), trl.get("wall_s"), 1),
         ]
+        if ours.get("phase_shares"):
+            shares = ", ".join(f"{phase} {share:.0%}" for phase, share in ours["phase_shares"].items())
+            outside = 1 - ours["phase_shares"].get("generation", 0.0)
+            lines.append(
+                f"{name}: update time by phase (median over seeds): {shares}; outside generation {outside:.0%}"
+            )
     loads = [
         f"{name} {run['load_average_before_after'][0]:.1f}/{run['load_average_before_after'][1]:.1f}"
         for name, side in sides.items()

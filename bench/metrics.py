@@ -46,6 +46,18 @@ def steady_episodes_per_second(records: Sequence[Mapping[str, float]]) -> float 
     return episodes / seconds if seconds > 0 else None
 
 
+def phase_shares(records: Sequence[Mapping[str, float]], prefix: str = "time/") -> dict[str, float]:
+    """Share of the logged update time spent in each phase (``time/<phase>`` records), over the updates after the
+    first (warm-up excluded); empty when the records carry no phases."""
+    totals: dict[str, float] = {}
+    for record in records[1:]:
+        for key, value in record.items():
+            if key.startswith(prefix):
+                totals[key.removeprefix(prefix)] = totals.get(key.removeprefix(prefix), 0.0) + float(value)
+    whole = sum(totals.values())
+    return {phase: seconds / whole for phase, seconds in totals.items()} if whole > 0 else {}
+
+
 def kl_bin_edges(kls_a: Sequence[float], kls_b: Sequence[float], width: float) -> list[float]:
     """Edges of ``width``-wide KL bins, on multiples of ``width``, over the KL range both runs covered (empty when
     the ranges do not overlap)."""

@@ -15,6 +15,7 @@ from bench import compare
 from bench.metrics import (
     binned_scores,
     kl_bin_edges,
+    phase_shares,
     steady_episodes_per_second,
     update_times,
 )
@@ -67,6 +68,16 @@ def test_steady_rate_skips_the_first_update():
     ]
     assert steady_episodes_per_second(records) == pytest.approx(2.0)
     assert steady_episodes_per_second(records[:1]) is None
+
+
+def test_phase_shares_skip_the_first_update_and_sum_to_one():
+    records = [
+        {"time/generation": 9.0, "time/update": 1.0},  # warm-up: left out
+        {"time/generation": 2.0, "time/forward": 1.0, "time/update": 1.0},
+        {"time/generation": 4.0, "time/forward": 1.0, "time/update": 1.0, "eps": 3.0},
+    ]
+    assert phase_shares(records) == pytest.approx({"generation": 0.6, "forward": 0.2, "update": 0.2})
+    assert phase_shares([{"eps": 1.0}, {"eps": 2.0}]) == {}
 
 
 def test_update_times_fall_back_to_cumulative_eps():
