@@ -7,6 +7,7 @@ over the examples. Z-scoring the rewards of a step's prompts (over all processes
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -62,7 +63,10 @@ class PromptTaskReward:
     by how well the task model classifies the scoring examples with it.
 
     Each distinct prompt is scored once per call; all prompts x examples go through the task model in batched
-    forward passes. ``anchors`` (embedding task models only) adds texts to each class's anchor.
+    forward passes. The class logits of the last ``cache_size`` distinct prompts on the scoring examples are kept
+    across calls, so a prompt the policy samples again (as it converges, it samples few others) costs nothing;
+    ``prompts_scored`` counts the prompts that did go through the task model. ``anchors`` (embedding task models
+    only) adds texts to each class's anchor.
     """
 
     __name__ = "prompt_task"
@@ -78,6 +82,7 @@ class PromptTaskReward:
         correct_coef: float = CORRECT_COEF,
         incorrect_coef: float = INCORRECT_COEF,
         anchors: Sequence[Sequence[str]] | None = None,
+        cache_size: int = 4096,
     ) -> None:
         if reward not in REWARDS:
             raise PipelineError(f"prompt reward '{reward}' is unknown; use one of: {', '.join(REWARDS)}")
@@ -90,6 +95,9 @@ class PromptTaskReward:
         self.texts, self.labels = self._examples(texts, labels)
         self.reward_name = reward
         self.coefs = {"correct_coef": correct_coef, "incorrect_coef": incorrect_coef} if reward == "gap" else {}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.prompts_scored = 0
 
     def _examples(self, texts: Sequence[str], labels: Sequence[int]) -> tuple[list[str], torch.Tensor]:
         if len(texts) != len(labels):
@@ -120,9 +128,23 @@ class PromptTaskReward:
                     f"the prompt-task reward scores generated prompt texts, got a {type(completion).__name__}; "
                     "the policy's completions must be plain text"
                 )
-        logits = self.logits(completions, self.texts)
+        logits = self._train_logits(completions)
         labels = self.labels.expand(len(completions), -1)
         return REWARDS[self.reward_name](logits, labels, **self.coefs).mean(dim=-1)
+
+    def _train_logits(self, prompts: list[str]) -> torch.Tensor:
+        """Class logits [len(prompts), examples, classes] on the scoring examples, through the cache: the prompts
+        not in it go through the task model (in one batched call), and the least recently used are dropped."""
+        new = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._cache]
+        if new:
+            self._cache.update(zip(new, self.logits(new, self.texts), strict=True))
+            self.prompts_scored += len(new)
+        logits = torch.stack([self._cache[prompt] for prompt in prompts])
+        for prompt in dict.fromkeys(prompts):
+            self._cache.move_to_end(prompt)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return logits
 
     def accuracy(self, prompts: Sequence[str], texts: Sequence[str], labels: Sequence[int]) -> torch.Tensor:
         """Accuracy of each prompt on a labelled set, shape [len(prompts)] (for dev selection and test reports)."""

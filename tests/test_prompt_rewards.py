@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer
 
 from pipeline.errors import PipelineError
-from reward_models.base import RewardFunction, call_reward
+from reward_models.base import RewardFunction
 from reward_models.prompt_task import PromptTaskReward, correct, gap, gap_reward, gold_log_prob
 from reward_models.task_models import EmbeddingTaskModel
 from tests.task_model_testing import ForwardCounter, tiny_encoder
@@ -89,7 +89,7 @@ def test_each_completion_gets_the_mean_gap_reward_of_its_prompt(task_model):
     reward = PromptTaskReward(task_model, TEXTS, LABELS, VERBALIZERS)
     assert isinstance(reward, RewardFunction)
     completions = [" Absolutely VERY", "", " Absolutely VERY", "In short,"]
-    scores = call_reward(reward, ["<s>"] * 4, completions)
+    scores = reward(["<s>"] * 4, completions)
     labels = torch.tensor(LABELS)
     expected = [float(gap_reward(expected_per_example(task_model, c), labels).mean()) for c in completions]
     torch.testing.assert_close(scores, torch.tensor(expected), rtol=1e-4, atol=1e-4)
@@ -105,6 +105,21 @@ def test_a_repeated_prompt_is_scored_once_and_examples_go_in_batches(task_model)
         counter.remove()
     # 2 distinct prompts x 4 examples = 8 rows in batches of 3 (3 calls), plus one batch for the 2 verbalizers
     assert (counter.rows, counter.calls) == (10, 4)
+    assert reward.prompts_scored == 2
+
+
+def test_prompts_scored_before_are_not_scored_again(task_model):
+    reward = PromptTaskReward(task_model, TEXTS, LABELS, VERBALIZERS, cache_size=2)
+    first = reward([""] * 3, ["a b", "c", "d"])
+    counter = ForwardCounter(task_model.model)
+    try:
+        again = reward([""] * 2, ["d", "c"])  # both still cached (the 2 most recent)
+        assert counter.rows == 0
+        reward([""], ["a b"])  # evicted: scored again
+    finally:
+        counter.remove()
+    torch.testing.assert_close(again, first[[2, 1]])
+    assert counter.rows > 0 and reward.prompts_scored == 4
 
 
 @pytest.mark.parametrize(("name", "function"), [("accuracy", correct), ("log_prob", gold_log_prob)])

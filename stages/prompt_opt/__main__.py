@@ -19,14 +19,13 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, set_seed
 
-from pipeline.classification import FewShotSplits, load_few_shot
+from pipeline.classification import ClassificationData, load_classification_data
 from pipeline.config import DataArguments, RunArguments, parse_config
 from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import JsonlMetricsCallback, append_metrics, plot_curves, read_metrics
 from pipeline.models import load_causal_lm, load_tokenizer, resolve_model_source
 from pipeline.runs import METRICS, StageDir, begin_stage, end_stage
 from reward_models.prompt_task import PromptTaskReward
-from reward_models.registry import RewardSources
 from reward_models.task_models import load_task_model
 from stages.ppo.build import build_policy_and_value, with_lora
 from stages.ppo.checkpoints import check_resumable
@@ -108,7 +107,7 @@ def build_policy(policy_source: str, args: PromptOptConfig, model_args: PPOModel
     return build_policy_and_value(policy_source, decide_layout(args, model_args), model_args, args, pad_token_id)
 
 
-def baselines(task: PromptTaskReward, data: FewShotSplits, manual: str, randoms: list[str]) -> dict:
+def baselines(task: PromptTaskReward, data: ClassificationData, manual: str, randoms: list[str]) -> dict:
     """Test accuracy of the empty and manual prompts and of random prompts (their mean and spread, and the one best
     on dev)."""
     test = lambda prompts: task.accuracy(prompts, data.test.texts, data.test.labels).tolist()  # noqa: E731
@@ -142,15 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     check_resumable(stage, args.resume_from_checkpoint)
     policy_source = resolve_model_source(args.policy_model, "policy model")
     task_source = resolve_task_model(task_args.task_model)
-    data = load_few_shot(
-        data_args, task_args.text_column, task_args.label_column, task_args.classes, task_args.num_shots,
-        seed=args.data_seed or args.seed,
-    )  # fmt: skip
-    if len(task_args.verbalizers) != len(data.classes):
+    if len(task_args.verbalizers) != len(task_args.classes):
         raise PipelineError(
-            f"verbalizers: {len(task_args.verbalizers)} given for {len(data.classes)} classes {data.classes}; give one "
-            "verbalizer per class, in the order of `classes`"
+            f"verbalizers: {len(task_args.verbalizers)} given for {len(task_args.classes)} classes "
+            f"{task_args.classes}; give one verbalizer per class, in the order of `classes`"
         )
+    data = load_classification_data(
+        data_args,
+        task_args.classes,
+        task_args.num_shots,
+        seed=args.data_seed or args.seed,
+        text_column=task_args.text_column,
+        label_column=task_args.label_column,
+    )
     tokenizer = load_tokenizer(policy_source, model_args.tokenizer_pad_token)
     args.allowed_token_ids = allowed_token_ids(tokenizer, args.allowed_tokens)
     task_model = load_task_model(
@@ -191,11 +194,11 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer=tokenizer,
         # One constant input per process; each samples num_generations prompts from it.
         prompts=Dataset.from_dict({"prompt": [args.policy_input] * PartialState().num_processes}),
-        rewards=RewardSources([task], [1.0], [task.__name__]),
         work_dir=work,
         callbacks=[JsonlMetricsCallback(work)],
+        task=task,
+        dev=data.dev,
         search=search,
-        dev_accuracy=lambda prompts: task.accuracy(prompts, data.dev.texts, data.dev.labels).tolist(),
         dev_every=args.dev_every,
     )
     last = trainer.train()
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     summary: dict = {}
     if trainer.accelerator.is_main_process:
         search.merge([rows for index, rows in enumerate(others) if index != trainer.accelerator.process_index])
-        ranked = search.select(args.top_prompts, lambda p: task.accuracy(p, data.dev.texts, data.dev.labels).tolist())
+        ranked = search.select(args.top_prompts, trainer.dev_accuracy)
         for record in ranked:
             append_metrics(work / PROMPTS, record.as_row())
         selected = ranked[0]
@@ -225,12 +228,12 @@ def main(argv: list[str] | None = None) -> None:
                 "kind": task_args.task_model_kind,
                 "template": task.template,
                 "verbalizers": task_args.verbalizers,
-                "classes": data.classes,
+                "classes": data.class_names,
                 "text_column": task_args.text_column,
             },
             "splits": {"train": len(data.train.texts), "dev": len(data.dev.texts), "test": len(data.test.texts)},
             "updates": trainer.progress.update,
-            "prompts_scored_per_second": sum(r.get("reward/distinct_prompts", 0) for r in records)
+            "prompts_scored_per_second": sum(r.get("reward/prompts_scored", 0) for r in records)
             / max(sum(r.get("time/reward", 0) for r in records), 1e-9),
             "seconds_per_update": {
                 phase: sum(r.get(f"time/{phase}", 0) for r in records) / max(len(records), 1)

@@ -48,9 +48,9 @@ class PromptTaskArguments:
         default_factory=list,
         metadata={"help": "One word per class, in the order of `classes` (RLPrompt's SST-2: ' terrible' ' great')."},
     )
-    classes: list[str] | None = field(
-        default=None,
-        metadata={"help": "The labels' names in verbalizer order; default: the labels found, sorted."},
+    classes: list[str] = field(
+        default_factory=list,
+        metadata={"help": "The class names, in verbalizer order; the label column holds these names or their indices."},
     )
     text_column: str = field(default="text", metadata={"help": "The column holding the text to classify."})
     label_column: str = field(default="label", metadata={"help": "The column holding its label."})
@@ -121,9 +121,11 @@ class PromptOptConfig(PPOArguments):
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty to the initial policy (RLPrompt has none)."})
 
     def __post_init__(self) -> None:
-        # The prompt is the response: exactly prompt_length tokens, never cut by EOS.
+        # The prompt is the response: exactly prompt_length tokens, never cut by EOS; every prompt of a process's
+        # step is a sample of its one constant input.
         self.response_length = self.prompt_length
         self.fixed_response_length = True
+        self.num_generations = self.local_batch_size
         super().__post_init__()
         if self.algorithm not in ALGORITHMS:
             raise PipelineError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.classification import LabelledTexts
 from reward_models.base import Episodes
-from reward_models.registry import Rewards
+from reward_models.prompt_task import PromptTaskReward
+from reward_models.registry import Rewards, RewardSources
 from stages.ppo.evaluate import sequence_kl
 from stages.ppo.modeling import position_ids_from
 from stages.ppo.trainer import PPOTrainer, Timer
@@ -15,21 +17,26 @@ from stages.prompt_opt.sql import SQLBatch, SQLUpdate
 
 
 class PromptOptTrainer(PPOTrainer):
-    """PPO on prompts (see ``PPOTrainer``); ``dev_accuracy(texts)`` scores prompts on the dev split."""
+    """PPO on prompts (see ``PPOTrainer``) rewarded by ``task``; prompts are scored on ``dev`` along the way."""
 
-    def __init__(self, *args, search: PromptSearch, dev_accuracy, dev_every: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.search, self.dev_accuracy, self.dev_every = search, dev_accuracy, dev_every
+    def __init__(
+        self, *args, task: PromptTaskReward, dev: LabelledTexts, search: PromptSearch, dev_every: int, **kwargs
+    ) -> None:
+        super().__init__(*args, rewards=RewardSources([task], [1.0], [task.__name__]), **kwargs)
+        self.task, self.dev, self.search, self.dev_every = task, dev, search, dev_every
+
+    def dev_accuracy(self, prompts: list[str]) -> list[float]:
+        return self.task.accuracy(prompts, self.dev.texts, self.dev.labels).tolist()
 
     def collect(self, rows: dict[str, list], timer: Timer) -> tuple[Episodes, Rewards, Rewards | None, torch.Tensor]:
+        scored_before = self.task.prompts_scored
         episodes, rewards, gold, scores = super().collect(rows, timer)
         self.search.record(episodes.completions, episodes.responses, rewards.totals)
-        self.distinct_prompts = len(set(episodes.completions))
+        self.newly_scored = self.task.prompts_scored - scored_before
         return episodes, rewards, gold, scores
 
     def evaluation_metrics(self, update: int) -> dict[str, float]:
-        """Prompts scored per second of the reward phase; every ``dev_every`` updates (and after the last), the
-        greedy prompt's dev accuracy."""
+        """Every ``dev_every`` updates (and after the last), the greedy prompt's dev accuracy."""
         metrics = {}
         if update % self.dev_every == 0 or update == self.state.max_steps:
             greedy = self.sample(self.prompts[:1], greedy=True)
@@ -40,7 +47,8 @@ class PromptOptTrainer(PPOTrainer):
         return metrics
 
     def reward_metrics(self, rewards: Rewards, gold: Rewards | None) -> dict[str, float]:
-        return {**super().reward_metrics(rewards, gold), "reward/distinct_prompts": float(self.distinct_prompts)}
+        """Also the prompts the task model scored this update (those not cached from earlier updates)."""
+        return {**super().reward_metrics(rewards, gold), "reward/prompts_scored": float(self.newly_scored)}
 
 
 class SQLPromptTrainer(PromptOptTrainer):
