@@ -133,6 +133,13 @@ def _load_splits(args: DataArguments) -> tuple[_Split, _Split]:
     )
 
 
+def load_rows(name: str) -> Dataset:
+    """Every row of a local file, of a folder's training files, or of a hub dataset's train split (as stored),
+    with the same checks and messages as the stages' data."""
+    splits = _load_source(name, None)
+    return (splits.get("train") or next(iter(splits.values()))).rows
+
+
 def _load_source(name: str, config: str | None) -> dict[str, _Split]:
     """All splits of a local file (one split, 'train'), a local folder or a hub dataset; local paths come first."""
     path = Path(name).expanduser()

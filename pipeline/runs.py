@@ -32,11 +32,16 @@ HASH_SIZE_LIMIT = 200 * 1024 * 1024
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file.
+    """Write JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")  # unserializable payloads fail here
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file.
 
     On any failure ``path`` keeps its old content (or stays absent) and no temporary file is left behind.
     """
-    text = json.dumps(payload, indent=2, default=str) + "\n"  # a payload that cannot be serialized fails here
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
