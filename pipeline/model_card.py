@@ -4,6 +4,7 @@ stage's configuration) and the headline figures, all read from the run folder.""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,17 @@ def headline_lines(run_dir: Path) -> list[str]:
     return lines
 
 
+def _hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a hub id: not a local file or folder, nor shaped like a path."""
+    return not looks_like_path(name) and not os.path.exists(name)
+
+
 def _front_matter(base: str | None, datasets: list[str], tags: list[str], pipeline_tag: str | None) -> str:
     """The card's YAML metadata; hub ids only (a local path is no valid hub reference)."""
     lines = ["---", "library_name: transformers" if pipeline_tag else "library_name: rlhf-pipeline"]
-    if base and not looks_like_path(base):
+    if base and _hub_id(base):
         lines.append(f"base_model: {base}")
-    hub_datasets = [d for d in datasets if d and not looks_like_path(d)]
+    hub_datasets = [d for d in datasets if _hub_id(d)]
     if hub_datasets:
         lines += ["datasets:", *[f"- {d}" for d in hub_datasets]]
     lines += ["tags:", *[f"- {t}" for t in tags]]
