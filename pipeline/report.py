@@ -11,7 +11,6 @@ import base64
 import html
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -122,13 +121,12 @@ def write_report(runs_dir: Path, run: str) -> Path:
     """Write ``runs/<run>/report.html`` (through a temporary file and a rename) and return its path."""
     text = build_report(runs_dir, run)
     path = Path(runs_dir) / run / REPORT
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    temporary = path.with_name(f".{REPORT}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 

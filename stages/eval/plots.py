@@ -55,35 +55,37 @@ def plot_score_distributions(answers: dict[str, dict[str, list[float]]], roles: 
 
 
 def plot_overoptimization(curve: dict, path: Path) -> Path:
-    """Proxy (top) and gold (bottom) mean score of each snapshot against sqrt(KL to the reference), with standard
-    errors, each point labelled with its update; the best gold snapshot is starred, the reference is at 0."""
+    """Proxy (top) and gold (bottom) mean score of each snapshot, with standard errors, against sqrt(KL to the
+    reference) on the left, each point labelled with its update, and against the update on the right; the best gold
+    snapshot is starred, the reference is at 0."""
     points = curve["points"]
-    panels = [("proxy", curve["proxy"], "tab:blue")] + (
-        [("gold", curve["gold"], "tab:orange")] if curve["gold"] else []
-    )
+    panels = [("proxy", curve["proxy"], "tab:blue")]
+    if curve["gold"]:
+        panels.append(("gold", curve["gold"], "tab:orange"))
     plt = pyplot()
-    figure, axes = plt.subplots(len(panels), 1, figsize=(6.5, 3.2 * len(panels)), sharex=True, squeeze=False)
-    xs = [p["sqrt_kl"] for p in points]
-    for axis, (role, scorer, color) in zip(axes[:, 0], panels, strict=True):
-        ys = [p[role] for p in points]
-        axis.errorbar(xs, ys, yerr=[p[f"{role}_stderr"] for p in points], marker="o", color=color, capsize=3)
-        for p, x, y in zip(points, xs, ys, strict=True):
-            axis.annotate(str(p["update"]), (x, y), textcoords="offset points", xytext=(3, 5), fontsize=7)
-        if "start" in curve:
-            axis.plot([0.0], [curve["start"][role]], marker="s", color="grey", linestyle="none", label="reference")
-        if role == "gold" and "best_gold_update" in curve:
-            axis.plot(
-                [curve["best_gold_sqrt_kl"]],
-                [curve["best_gold"]],
-                marker="*",
-                markersize=16,
-                color="red",
-                linestyle="none",
-                label=f"best gold: update {curve['best_gold_update']}",
-            )
-        axis.set_ylabel(f"{role}: {scorer}")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, loc="best")
+    figure, axes = plt.subplots(len(panels), 2, figsize=(11, 3.2 * len(panels)), sharex="col", squeeze=False)
+    updates = [0] + [p["update"] for p in points]
+    for row, (role, scorer, color) in enumerate(panels):
+        start = [curve["start"][role]] if "start" in curve else []
+        for column, xs in enumerate(([p["sqrt_kl"] for p in points], updates[1:])):
+            axis = axes[row, column]
+            ys, errors = [p[role] for p in points], [p[f"{role}_stderr"] for p in points]
+            axis.errorbar(xs, ys, yerr=errors, marker="o", color=color, capsize=3)
+            if column == 0:
+                for p, x, y in zip(points, xs, ys, strict=True):
+                    axis.annotate(str(p["update"]), (x, y), textcoords="offset points", xytext=(3, 5), fontsize=7)
+            if start:
+                axis.plot([0.0], start, marker="s", color="grey", linestyle="none", label="reference")
+            if role == "gold" and "best_gold_update" in curve:
+                best_x = curve["best_gold_sqrt_kl"] if column == 0 else curve["best_gold_update"]
+                label = f"best gold: update {curve['best_gold_update']}"
+                axis.plot([best_x], [curve["best_gold"]], marker="*", markersize=16, color="red", linestyle="none",
+                          label=label)  # fmt: skip
+            axis.set_ylabel(f"{role}: {scorer}")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8, loc="lower right")
     axes[-1, 0].set_xlabel("sqrt(KL(policy || reference)) per response, nats^0.5")
-    axes[0, 0].set_title("Over-optimization: each point a PPO snapshot (labelled by update)", fontsize=10)
+    axes[-1, 1].set_xlabel("PPO update of the snapshot")
+    axes[0, 0].set_title("Over-optimization: score against sqrt(KL), each point a snapshot", fontsize=10)
+    axes[0, 1].set_title("The same snapshots in training order", fontsize=10)
     return save_figure(figure, path)
