@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.models import looks_like_path
-from pipeline.report_content import fmt
+from pipeline.report_content import fmt, stage_command
 from pipeline.runs import MANIFEST, SUMMARY, read_json
 
 LINEAGE = ("sft", "rm", "ppo")
@@ -125,7 +125,7 @@ def configuration_section(run_dir: Path, stages: tuple[str, ...]) -> str:
         flat = _flat_config(manifest)
         parts += [f"### {stage}", ""]
         if manifest.get("command"):
-            parts += [f"Command: `{' '.join(manifest['command'])}`", ""]
+            parts += [f"Command: `{stage_command(manifest['command'])}`", ""]
         inputs = manifest.get("inputs", {})
         if inputs:
             parts += ["| input | path | sha256 |", "|---|---|---|"]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.report_content import Figure, Section, Table, run_sections
+from pipeline.report_content import Figure, Section, Table, run_sections, stage_command
 from pipeline.runs import git_revision
 
 REPORT = "report.html"
@@ -60,7 +60,7 @@ def render_config(manifest: dict) -> str:
     if not manifest:
         return ""
     facts = [
-        ["command", " ".join(manifest.get("command", []))],
+        ["command", stage_command(manifest.get("command", []))],
         ["started", manifest.get("started", "")],
         ["finished", manifest.get("finished", "")],
         ["seconds", str(manifest.get("seconds", ""))],

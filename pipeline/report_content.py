@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,19 @@ def text_of(value: Any) -> str:
     if isinstance(value, list):
         return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in value if isinstance(m, dict))
     return str(value)
+
+
+def stage_command(argv: list[str]) -> str:
+    """The command line a stage ran with, as ``python -m stages.<name> ...`` (its manifest records ``sys.argv``,
+    whose first item is the path of the module's file)."""
+    if not argv:
+        return ""
+    path = Path(argv[0])
+    parts = path.with_suffix("").parts
+    if "stages" in parts:
+        module = ".".join(parts[parts.index("stages") :]).removesuffix(".__main__")
+        return shlex.join(["python", "-m", module, *argv[1:]])
+    return shlex.join(argv)
 
 
 # ----- the sections -----------------------------------------------------------------------------------------------

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import platform
-import shlex
 import shutil
 import time
 from pathlib import Path
 
-from pipeline.report_content import Figure, Section, Table, run_sections
+from pipeline.report_content import Figure, Section, Table, run_sections, stage_command
 from pipeline.runs import git_revision
 
 # The plots worth a place on the page (the report has them all).
@@ -25,19 +24,6 @@ PAGE_PLOTS = {
     "eval": ("win_rates", "overoptimization", "score_distributions"),
     "prompt_opt": ("reward", "dev_accuracy"),
 }
-
-
-def stage_command(argv: list[str]) -> str:
-    """The command line a stage ran with, as ``python -m stages.<name> ...`` (its manifest records ``sys.argv``,
-    whose first item is the path of the module's file)."""
-    if not argv:
-        return ""
-    path = Path(argv[0])
-    parts = path.with_suffix("").parts
-    if "stages" in parts:
-        module = ".".join(parts[parts.index("stages") :]).removesuffix(".__main__")
-        return shlex.join(["python", "-m", module, *argv[1:]])
-    return shlex.join(argv)
 
 
 def _cell(text: str) -> str:

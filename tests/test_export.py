@@ -99,7 +99,7 @@ def test_model_card_records_base_data_configs_and_headline_figures(run: Path, tm
     ):
         assert section in card, section
     assert "| kl_coef | `0.05` |" in card and "Every setting (manifest.json)" in card
-    assert "Command: `/repo/stages/sft.py --run r`" in card
+    assert "Command: `python -m stages.sft --run r`" in card
 
 
 def test_learned_prompt_exports_with_its_template_and_task(tmp_path: Path):
