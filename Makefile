@@ -31,13 +31,15 @@ endif
 LAUNCH := $(BIN)/python -m pipeline.launch $(LAUNCH_FLAGS)
 DEMO_INPUTS := $(if $(filter demo,$(PRESET)),$(DEMO_DATA) $(TINY_BASE))
 
-.PHONY: help venv data base sft rm ppo eval export test test-fast bench lint clean
+.PHONY: help venv data base sft rm ppo eval report results export test test-fast bench lint clean
 
 help:
 	@echo "make sft rm ppo    run the pipeline (RUN=$(RUN), PRESET=$(PRESET); NPROC, ACCELERATE_CONFIG, ARGS pass through)"
 	@echo "make test          run the test suite (slow end-to-end runs included)"
-	@echo "make eval          print the summaries of run RUN"
-	@echo "make export        write a plain merged model of the PPO policy to runs/RUN/export"
+	@echo "make eval          compare the SFT and PPO policies of run RUN on held-out prompts (win rates, KL, ...)"
+	@echo "make report        write runs/RUN/report.html (and, with Chromium installed, a screenshot of it)"
+	@echo "make results       write docs/RESULTS.md: the measured results of run RUN with the commands behind them"
+	@echo "make export        write the PPO policy of run RUN as a plain model with a model card to runs/RUN/export"
 	@echo "make bench         compare our PPO with trl 1.12.0's PPOTrainer (speed, memory, score at matched KL)"
 
 venv: $(INSTALLED)
@@ -68,7 +70,13 @@ ppo: $(INSTALLED) $(DEMO_INPUTS)
 	$(LAUNCH) -m stages.ppo --config configs/$(PRESET)/ppo.yaml --run $(RUN) $(ARGS)
 
 eval: $(INSTALLED)
-	$(BIN)/python -m pipeline.cli report --run $(RUN)
+	$(BIN)/python -m stages.eval --run $(RUN) $(ARGS)
+
+report: $(INSTALLED)
+	$(BIN)/python -m pipeline.cli report --run $(RUN) --screenshot
+
+results: $(INSTALLED)
+	$(BIN)/python -m pipeline.cli results --run $(RUN)
 
 export: $(INSTALLED)
 	$(BIN)/python -m pipeline.cli export --run $(RUN) $(ARGS)

@@ -46,7 +46,8 @@ def _series(records: Iterable[dict], key: str, x_key: str) -> tuple[list[float],
     return xs, ys
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,11 +56,12 @@ def _pyplot():
     return plt
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
+    """Lay out ``figure``, save it as ``path`` (folders created) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return path
 
 
@@ -70,7 +72,7 @@ def plot_curves(
 
     Panels whose keys never appear are skipped; returns the files written.
     """
-    plt = _pyplot()
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for stem, keys in panels.items():
@@ -85,26 +87,26 @@ def plot_curves(
         axis.set_title(stem.replace("_", " "))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-        written.append(_save(figure, out_dir / f"{stem}.png"))
+        written.append(save_figure(figure, out_dir / f"{stem}.png"))
     return written
 
 
 def plot_histograms(samples: Mapping[str, Sequence[float]], path: Path, title: str, xlabel: str) -> Path:
     """Overlaid histograms of named samples (e.g. rewards of chosen vs rejected completions)."""
-    figure, axis = _pyplot().subplots(figsize=(6, 4))
+    figure, axis = pyplot().subplots(figsize=(6, 4))
     for name, values in samples.items():
         axis.hist(list(values), bins=40, alpha=0.5, label=name)
     axis.set_xlabel(xlabel)
     axis.set_ylabel("count")
     axis.set_title(title)
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_reliability(bins: Sequence[Mapping], path: Path, title: str) -> Path:
     """A reliability diagram: each bin's accuracy against its mean confidence, labelled with its count; a
     calibrated model lies on the diagonal."""
-    figure, axis = _pyplot().subplots(figsize=(5, 5))
+    figure, axis = pyplot().subplots(figsize=(5, 5))
     axis.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", label="calibrated")
     xs, ys = [row["mean_confidence"] for row in bins], [row["accuracy"] for row in bins]
     axis.plot(xs, ys, marker="o", label="reward model")
@@ -115,13 +117,13 @@ def plot_reliability(bins: Sequence[Mapping], path: Path, title: str) -> Path:
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_bucket_accuracy(panels: Mapping[str, Sequence[Mapping]], path: Path, overall: float) -> Path:
     """Accuracy per bucket, one panel per bucketing (``{title: [{low, high, count, accuracy}]}``); each bar is
     labelled with its bucket's range and count, the dashed line is the overall accuracy."""
-    figure, axes = _pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    figure, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, (title, buckets) in zip(axes[0], panels.items(), strict=True):
         labels = [f"{row['low']:.2g}..{row['high']:.2g}\nn={row['count']}" for row in buckets]
         axis.bar(range(len(buckets)), [row["accuracy"] for row in buckets])
@@ -131,18 +133,18 @@ def plot_bucket_accuracy(panels: Mapping[str, Sequence[Mapping]], path: Path, ov
         axis.set_ylabel("pairwise accuracy")
         axis.set_title(title, fontsize=9)
         axis.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_scatter(
     samples: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, title: str, xlabel: str, ylabel: str
 ) -> Path:
     """Named point clouds ``{name: (xs, ys)}`` on one plot."""
-    figure, axis = _pyplot().subplots(figsize=(6, 4))
+    figure, axis = pyplot().subplots(figsize=(6, 4))
     for name, (xs, ys) in samples.items():
         axis.scatter(list(xs), list(ys), s=6, alpha=0.4, label=name)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -38,6 +38,7 @@ from pipeline.models import (
     no_lora_target_error,
     resolve_model_source,
 )
+from pipeline.report import refresh_report
 from pipeline.runs import StageDir, end_stage, require_complete
 from pipeline.training import open_training_stage, plot_stage_metrics, save_trained_model
 from reward_models.diagnostics import diagnose
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             f"rm: held-out pairwise accuracy {summary['eval_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}), "
             f"calibration error {summary['eval_calibration_error']:.3f}; wrote {stage.final}"
         )
+        refresh_report(run_args.runs_dir, run_args.run)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pipeline.models import (
     match_saved_modules_dtype,
     resolve_model_source,
 )
+from pipeline.report import refresh_report
 from pipeline.runs import StageDir, end_stage
 from pipeline.training import open_training_stage, plot_stage_metrics, save_trained_model
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     end_stage(stage, summary, started)
     if trainer.accelerator.is_main_process:
         print(f"sft: eval loss {summary['initial_eval_loss']:.3f} -> {summary['eval_loss']:.3f}; wrote {stage.final}")
+        refresh_report(run_args.runs_dir, run_args.run)
 
 
 if __name__ == "__main__":

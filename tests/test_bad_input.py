@@ -276,4 +276,4 @@ def test_crash_leaves_previous_stage_untouched(
     sft.main(sft_args(runs, RUN, tiny_base, train_rows=32, eval_rows=16))
     assert complete_stages(runs) == [runs / RUN / "sft"]
     assert read_json(runs / RUN / "sft" / "summary.json")["train_rows"] == 32
-    assert sorted(path.name for path in (runs / RUN).iterdir()) == ["sft"]
+    assert sorted(path.name for path in (runs / RUN).iterdir()) == ["report.html", "sft"]  # no partial folder left

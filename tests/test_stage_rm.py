@@ -222,7 +222,7 @@ def test_two_processes_write_one_complete_stage(tmp_path: Path, sft_model: Path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     assert complete_stages(tmp_path) == [tmp_path / "ddp" / "rm"]
-    assert [path.name for path in (tmp_path / "ddp").iterdir()] == ["rm"]
+    assert sorted(path.name for path in (tmp_path / "ddp").iterdir()) == ["report.html", "rm"]
     records = read_metrics(tmp_path / "ddp" / "rm")
     # One job over both processes: 128 rows / (16 per process x 2) = 4 steps, logged once (not 8 steps, twice).
     assert [record["step"] for record in records if "train_loss" in record] == [4]

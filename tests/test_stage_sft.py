@@ -59,8 +59,8 @@ def test_run_folder_holds_exactly_the_stage_outputs(sft_run: Path) -> None:
         "summary.json",
     ]
     assert (sft_run / "plots" / "loss.png").read_bytes().startswith(PNG_MAGIC)
-    # The work folder was renamed into place: nothing hidden is left beside the stage.
-    assert [path.name for path in sft_run.parent.iterdir()] == ["sft"]
+    # The work folder was renamed into place: nothing hidden is left beside the stage (only the run's report).
+    assert sorted(path.name for path in sft_run.parent.iterdir()) == ["report.html", "sft"]
 
 
 def test_manifest_records_inputs_with_hashes_config_and_versions(sft_run: Path, tiny_base: Path) -> None:

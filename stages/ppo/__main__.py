@@ -21,6 +21,7 @@ from pipeline.datasets import load_prompt_data
 from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import JsonlMetricsCallback, plot_curves, read_metrics
 from pipeline.models import is_lora_adapter, load_tokenizer, resolve_model_source
+from pipeline.report import refresh_report
 from pipeline.runs import METRICS, StageDir, begin_stage, end_stage, require_complete
 from reward_models.learned import load_learned_reward
 from reward_models.policy_base import PolicyBaseReward
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             f"ppo: held-out score {summary['reference_score']:.3f} -> {summary['score']:.3f}{gold} "
             f"at KL {summary['kl']:.2f}; wrote {stage.final}"
         )
+        refresh_report(run_args.runs_dir, run_args.run)
 
 
 if __name__ == "__main__":

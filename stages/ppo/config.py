@@ -130,6 +130,14 @@ class PPOArguments(TrainingArguments):
     # ----- Observability -------------------------------------------------------------------------------------
     sample_every: int = field(default=10, metadata={"help": "Log a table of sample completions every N updates."})
     num_sample_rows: int = field(default=4, metadata={"help": "Rows in that table."})
+    snapshot_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "Every N updates, save the policy's LoRA adapter alone (no optimizer, value or reward) to "
+            "snapshots/update-<N>/ in the stage folder, for the over-optimization curve of `make eval` (proxy and "
+            "gold score against sqrt(KL) per snapshot). LoRA only."
+        },
+    )
     # ----- Defaults that differ from TrainingArguments ----------------------------------------------------------
     learning_rate: float = field(default=3e-6, metadata={"help": "Initial learning rate (AdamW)."})
     value_learning_rate: float | None = field(
@@ -174,6 +182,8 @@ class PPOArguments(TrainingArguments):
         for name, (ok, expected) in checks.items():
             if not ok:
                 raise PipelineError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        if self.snapshot_every is not None and self.snapshot_every < 1:
+            raise PipelineError(f"snapshot_every must be a positive number of updates, got {self.snapshot_every}")
         if self.stop_token is not None and self.stop_token_id is not None:
             raise PipelineError("give stop_token or stop_token_id, not both")
 

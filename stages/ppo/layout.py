@@ -63,6 +63,11 @@ def decide_layout(
         raise PipelineError(
             "value_model 'adapter' needs use_peft true; use --value_model separate for full fine-tuning"
         )
+    if args.snapshot_every and not model_args.use_peft:
+        raise PipelineError(
+            f"snapshot_every ({args.snapshot_every}) saves the policy's LoRA adapter, and with use_peft false there is "
+            "none (a full copy of the model per snapshot): leave snapshot_every unset, or train with use_peft true"
+        )
     if args.value_adapter_layers and args.value_model != "adapter":
         raise PipelineError(
             f"value_adapter_layers ({args.value_adapter_layers}) applies to value_model 'adapter' (the value adapter "

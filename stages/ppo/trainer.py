@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -29,9 +31,13 @@ from stages.ppo.checkpoints import SAMPLES, Checkpoints, forget_logs_after, late
 from stages.ppo.config import PPOArguments
 from stages.ppo.core import explained_variance, masked_mean
 from stages.ppo.kl_control import make_kl_controller
-from stages.ppo.modeling import PolicyAndValue
+from stages.ppo.modeling import POLICY_ADAPTER, PolicyAndValue
 from stages.ppo.rollout import Passes, Rollout, Sampler, assemble, forward_passes, shape_scores
 from stages.ppo.update import PPOUpdate
+
+# Where the policy adapter is saved every ``snapshot_every`` updates: <stage>/snapshots/update-<n>/.
+SNAPSHOTS = "snapshots"
+SNAPSHOT_PREFIX = "update-"
 
 
 class PPOProgressCallback(ProgressCallback):
@@ -314,7 +320,21 @@ class PPOTrainer(Trainer):
             self._log_samples(episodes, rewards, gold)
         if args.save_strategy == "steps" and update % int(args.save_steps) == 0:
             self.checkpoints.save(update)
+        if args.snapshot_every and update % args.snapshot_every == 0:
+            self._save_snapshot(update)
         self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+
+    def _save_snapshot(self, update: int) -> None:
+        """Save the policy adapter alone to ``snapshots/update-<update>/`` (main process), written to a partial
+        folder and renamed into place, so a snapshot that exists is whole."""
+        if self.accelerator.is_main_process:
+            target = self.work_dir / SNAPSHOTS / f"{SNAPSHOT_PREFIX}{update}"
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            self.unwrapped().policy.save_pretrained(partial, selected_adapters=[POLICY_ADAPTER])
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(partial, target)
+        self.accelerator.wait_for_everyone()
 
     def reference_score_mean(self, rows: Dataset) -> float:
         """Mean reward of the reference policy's responses to ``rows``, over all processes."""
