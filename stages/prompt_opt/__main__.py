@@ -24,6 +24,7 @@ from pipeline.config import DataArguments, RunArguments, parse_config
 from pipeline.errors import PipelineError, run_main
 from pipeline.metrics import JsonlMetricsCallback, append_metrics, plot_curves, read_metrics
 from pipeline.models import load_causal_lm, load_tokenizer, resolve_model_source
+from pipeline.report import refresh_report
 from pipeline.runs import METRICS, StageDir, begin_stage, end_stage
 from reward_models.prompt_task import PromptTaskReward
 from reward_models.task_models import load_task_model
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{base['manual_prompt']['test_accuracy']:.3f}, random mean "
             f"{base['random_prompts']['test_accuracy_mean']:.3f}); wrote {stage.final}"
         )
+        refresh_report(run_args.runs_dir, run_args.run)
 
 
 if __name__ == "__main__":
