@@ -193,7 +193,10 @@ class TaskModel(ABC):
         return None
 
     def fill(self, template: str, inputs: Sequence[str], prompt: str) -> list[str]:
-        """:func:`fill_template` with this model's mask token."""
+        """:func:`fill_template` with this model's mask token; a mask token spelled out in the prompt (a policy can
+        write one) becomes a space, so the template's mask stays the only one."""
+        if self.mask_token:
+            prompt = prompt.replace(self.mask_token, " ")
         return fill_template(template, inputs, prompt, self.mask_token)
 
     def verbalizer_ids(self, verbalizer: str) -> list[int]:

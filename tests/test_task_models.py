@@ -248,6 +248,13 @@ def test_masked_scores_follow_the_verbalizer_token_not_its_unspaced_twin(folders
     assert (after.argmax(dim=1) == 1).all() and not (before.argmax(dim=1) == 1).all()
 
 
+def test_a_mask_token_written_by_the_policy_does_not_make_a_second_mask(folders):
+    model = load_task_model(str(folders["masked"]), "masked")
+    texts = model.fill("{input} {prompt} <mask> .", ["a film"], "so <mask> good")
+    assert texts == ["a film so   good <mask> ."]
+    assert model.class_logits(texts, VERBALIZERS).shape == (1, 2)
+
+
 def test_a_text_that_hides_the_mask_is_reported(folders):
     model = load_task_model(str(folders["masked"]), "masked")
     with pytest.raises(PipelineError, match="has 2 mask tokens"):
