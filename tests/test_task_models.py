@@ -42,12 +42,11 @@ VERBALIZERS = [" terrible", " great"]
 def folders(tmp_path_factory) -> dict[str, Path]:
     """Tiny models saved with their tokenizers, as a user would point at them."""
     root = tmp_path_factory.mktemp("task-models")
-    roberta = bpe_tokenizer("roberta")
-    bos = bpe_tokenizer("bos")
+    roberta, bos, plain = bpe_tokenizer("roberta"), bpe_tokenizer("bos"), bpe_tokenizer("plain")
     return {
         "masked": save(tiny_masked_lm(roberta), roberta, root / "masked"),
         "causal": save(tiny_causal_lm(bos), bos, root / "causal"),
-        "causal_gpt2": save(tiny_causal_lm(bpe_tokenizer("plain"), "gpt2"), bpe_tokenizer("plain"), root / "gpt2"),
+        "causal_gpt2": save(tiny_causal_lm(plain, "gpt2"), plain, root / "gpt2"),
         "causal_eos": save(tiny_causal_lm(bos, seed=1), bpe_tokenizer("bos_eos"), root / "causal-eos"),
         "masked_no_mask_token": save(tiny_masked_lm(roberta), bos, root / "no-mask-token"),
     }
