@@ -107,7 +107,7 @@ def tiny_encoder(vocab_size: int, seed: int = 0) -> BertModel:
 
 
 def save(model: PreTrainedModel, tokenizer, folder: Path) -> Path:
-    """Save like a hub model; returns the folder as a string-able path."""
+    """Save model and tokenizer into ``folder`` as a hub model is laid out; returns ``folder``."""
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -42,12 +42,11 @@ VERBALIZERS = [" terrible", " great"]
 def folders(tmp_path_factory) -> dict[str, Path]:
     """Tiny models saved with their tokenizers, as a user would point at them."""
     root = tmp_path_factory.mktemp("task-models")
-    roberta = bpe_tokenizer("roberta")
-    bos = bpe_tokenizer("bos")
+    roberta, bos, plain = bpe_tokenizer("roberta"), bpe_tokenizer("bos"), bpe_tokenizer("plain")
     return {
         "masked": save(tiny_masked_lm(roberta), roberta, root / "masked"),
         "causal": save(tiny_causal_lm(bos), bos, root / "causal"),
-        "causal_gpt2": save(tiny_causal_lm(bpe_tokenizer("plain"), "gpt2"), bpe_tokenizer("plain"), root / "gpt2"),
+        "causal_gpt2": save(tiny_causal_lm(plain, "gpt2"), plain, root / "gpt2"),
         "causal_eos": save(tiny_causal_lm(bos, seed=1), bpe_tokenizer("bos_eos"), root / "causal-eos"),
         "masked_no_mask_token": save(tiny_masked_lm(roberta), bos, root / "no-mask-token"),
     }
@@ -246,6 +245,13 @@ def test_masked_scores_follow_the_verbalizer_token_not_its_unspaced_twin(folders
     torch.testing.assert_close(after[:, 1] - before[:, 1], torch.full((3,), 50.0))
     torch.testing.assert_close(after[:, [0, 2]], before[:, [0, 2]])
     assert (after.argmax(dim=1) == 1).all() and not (before.argmax(dim=1) == 1).all()
+
+
+def test_a_mask_token_written_by_the_policy_does_not_make_a_second_mask(folders):
+    model = load_task_model(str(folders["masked"]), "masked")
+    texts = model.fill("{input} {prompt} <mask> .", ["a film"], "so <mask> good")
+    assert texts == ["a film so   good <mask> ."]
+    assert model.class_logits(texts, VERBALIZERS).shape == (1, 2)
 
 
 def test_a_text_that_hides_the_mask_is_reported(folders):
