@@ -180,7 +180,7 @@ class TaskModel(ABC):
         tokenizer.truncation_side = "left"
         self.batch_size = batch_size
         limit = max_length or tokenizer.model_max_length
-        self.max_length = limit if limit and limit < _NO_LIMIT else None
+        self.max_length = limit if limit and limit < _NO_LIMIT else _position_limit(model.config)
         self._checked: set[tuple[str, ...]] = set()  # verbalizer lists already checked (they come with every call)
 
     @property
@@ -383,6 +383,15 @@ _CLASSES: dict[str, type[TaskModel]] = {
     "causal": CausalTaskModel,
     "embedding": EmbeddingTaskModel,
 }
+def _position_limit(config: PretrainedConfig) -> int | None:
+    """The longest input a model's learned positions cover, for a tokenizer that does not say: RoBERTa-style
+    models start their positions after the pad index, so two of them are never used."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    return positions - 2 if config.model_type in ("roberta", "xlm-roberta", "camembert") else positions
+
+
 _AUTO = {"masked": AutoModelForMaskedLM, "causal": AutoModelForCausalLM, "embedding": AutoModel}
 
 

@@ -121,6 +121,8 @@ class PromptOptConfig(PPOArguments):
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty to the initial policy (RLPrompt has none)."})
 
     def __post_init__(self) -> None:
+        if self.prompt_length < 1:
+            raise PipelineError(f"prompt_length must be at least 1, got {self.prompt_length}")
         # The prompt is the response: exactly prompt_length tokens, never cut by EOS; every prompt of a process's
         # step is a sample of its one constant input.
         self.response_length = self.prompt_length
@@ -129,7 +131,5 @@ class PromptOptConfig(PPOArguments):
         super().__post_init__()
         if self.algorithm not in ALGORITHMS:
             raise PipelineError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.prompt_length < 1:
-            raise PipelineError(f"prompt_length must be at least 1, got {self.prompt_length}")
         if not 0 < self.target_update_rate <= 1:
             raise PipelineError(f"target_update_rate must be in (0, 1], got {self.target_update_rate}")
