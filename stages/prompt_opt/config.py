@@ -30,8 +30,8 @@ class PromptTaskArguments:
     task_model_kind: str = field(
         default="embedding",
         metadata={
-            "help": "'masked' (class score: the verbalizer's logit at the mask), 'causal' (its next-token score at "
-            "the end) or 'embedding' (cosine similarity to the verbalizer's mean-pooled embedding)."
+            "help": "'masked' (class score: the verbalizer's logit at the mask), 'causal' (its next-token "
+            "log-probability at the end) or 'embedding' (cosine similarity to the verbalizer's mean-pooled embedding)."
         },
     )
     task_dtype: str | None = field(default=None, metadata={"help": "The task model's dtype (e.g. bfloat16)."})
@@ -40,8 +40,7 @@ class PromptTaskArguments:
         default=None,
         metadata={
             "help": "Where the prompt and the input go: '{prompt}' and '{input}' slots, and '<mask>' for a masked "
-            "LM. Default per kind: masked '{input} {prompt} <mask> .', causal '{input} {prompt}', embedding "
-            "'{prompt} {input}'."
+            "LM. Default per kind: masked '{input} {prompt} <mask> .', causal and embedding '{input} {prompt}'."
         },
     )
     verbalizers: list[str] = field(
