@@ -57,13 +57,15 @@ def table(found: list[dict]) -> str:
     for row in found:
         figures = " | ".join(f"{row[c]:.3f}" for c in columns)
         lines.append(f"| {row['run']} | {row['algorithm']} | {row['seed']} | `{row['prompt']!r}` | {figures} |")
-    for algorithm in sorted({row["algorithm"] for row in found}):
+    algorithms = sorted({row["algorithm"] for row in found})
+    verdicts = []
+    for algorithm in algorithms:
         mine = [row for row in found if row["algorithm"] == algorithm]
         means = " | ".join(f"{statistics.fmean(row[c] for row in mine):.3f}" for c in columns)
         lines.append(f"| mean | {algorithm} | {len(mine)} runs | | {means} |")
         wins = ", ".join(f"{sum(row['learned'] > row[c] for row in mine)}/{len(mine)} above {c}" for c in BASELINES)
-        lines.append(f"\n{algorithm}: the learned prompt is {wins}.")
-    return "\n".join(lines) + "\n"
+        verdicts.append(f"{algorithm}: the learned prompt is {wins}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(verdicts) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
