@@ -383,6 +383,8 @@ _CLASSES: dict[str, type[TaskModel]] = {
     "causal": CausalTaskModel,
     "embedding": EmbeddingTaskModel,
 }
+
+
 def _position_limit(config: PretrainedConfig) -> int | None:
     """The longest input a model's learned positions cover, for a tokenizer that does not say: RoBERTa-style
     models start their positions after the pad index, so two of them are never used."""
