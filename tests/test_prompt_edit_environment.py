@@ -43,6 +43,12 @@ def test_the_actions_are_listed_in_a_fixed_order(space):
     assert kinds == ["instruction"] * 3 + ["exemplar"] * 2 + ["verbalizer"]
 
 
+def test_without_permutations_there_are_no_permute_actions():
+    unordered = EditSpace(["A", "B", "C"], POOL, 2, CANDIDATES, ["neg", "pos"], permutations=False)
+    assert [a.operation for a in unordered.actions].count("permute") == 0 and len(unordered) == 21
+    assert EditSpace.from_dict(unordered.as_dict()).actions == unordered.actions
+
+
 def test_add_appends_an_absent_phrase_and_leaves_a_present_one(space):
     assert space.apply(START, index(space, "add", 2)).instruction == ("A", "B", "C")
     assert space.apply(START, index(space, "add", 0)) == START

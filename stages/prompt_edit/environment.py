@@ -8,7 +8,7 @@ order (``EditSpace.actions``):
   if it is absent), ``swap j k`` exchanges the positions of phrases j and k (nothing unless both are there), for
   every phrase of the initial instruction and of the phrase pool, and every pair of them;
 - exemplar: ``exemplar i j`` puts pool example j into slot i (nothing if j is already in the prompt), ``permute i k``
-  exchanges the exemplars of slots i and k;
+  exchanges the exemplars of slots i and k (only where their order matters: not for an embedding task model);
 - verbalizer: ``verbalizer c v`` makes candidate v class c's verbalizer.
 
 Stopping is not an action of the set: the policy stops by emitting its EOS token. Every action is deterministic, so
@@ -80,19 +80,24 @@ class EditSpace:
         slots: int,
         candidates: Sequence[Sequence[str]],
         class_names: Sequence[str],
+        permutations: bool = True,
     ) -> None:
         """``phrases``: every phrase an instruction may hold (the initial ones and the pool's); ``pool``: the
-        exemplar candidates; ``slots``: exemplars per prompt; ``candidates``: the verbalizer candidates per class."""
+        exemplar candidates; ``slots``: exemplars per prompt; ``candidates``: the verbalizer candidates per class;
+        ``permutations``: whether the order of the exemplars matters (not to an embedding task model, whose class
+        anchors average them), and so whether there are permute actions."""
         self.phrases, self.pool, self.slots = list(phrases), list(pool), slots
         self.candidates = [list(c) for c in candidates]
         self.class_names = list(class_names)
+        self.permutations = permutations
         pairs = list(itertools.combinations(range(len(self.phrases)), 2))
+        slot_pairs = list(itertools.combinations(range(slots), 2)) if permutations else []
         self.actions: list[Action] = [
             *(Action("add", j) for j in range(len(self.phrases))),
             *(Action("delete", j) for j in range(len(self.phrases))),
             *(Action("swap", j, k) for j, k in pairs),
             *(Action("exemplar", i, j) for i in range(slots) for j in range(len(self.pool))),
-            *(Action("permute", i, k) for i, k in itertools.combinations(range(slots), 2)),
+            *(Action("permute", i, k) for i, k in slot_pairs),
             *(Action("verbalizer", c, v) for c, options in enumerate(self.candidates) for v in range(len(options))),
         ]
 
@@ -107,12 +112,15 @@ class EditSpace:
             "slots": self.slots,
             "candidates": self.candidates,
             "class_names": self.class_names,
+            "permutations": self.permutations,
         }
 
     @classmethod
     def from_dict(cls, saved: dict) -> EditSpace:
         pool = [Exemplar(row["text"], row["label"]) for row in saved["pool"]]
-        return cls(saved["phrases"], pool, saved["slots"], saved["candidates"], saved["class_names"])
+        return cls(
+            saved["phrases"], pool, saved["slots"], saved["candidates"], saved["class_names"], saved["permutations"]
+        )
 
     def apply(self, state: PromptState, index: int) -> PromptState:
         """The state after action ``index``; an action that does not apply leaves the state as it is."""
