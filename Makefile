@@ -31,11 +31,12 @@ endif
 LAUNCH := $(BIN)/python -m pipeline.launch $(LAUNCH_FLAGS)
 DEMO_INPUTS := $(if $(filter demo,$(PRESET)),$(DEMO_DATA) $(TINY_BASE))
 
-.PHONY: help venv data base sft rm ppo eval report results export test test-fast bench lint clean
+.PHONY: help venv data base sft rm ppo prompt-edit eval report results export test test-fast bench lint clean
 
 help:
 	@echo "make sft rm ppo    run the pipeline (RUN=$(RUN), PRESET=$(PRESET); NPROC, ACCELERATE_CONFIG, ARGS pass through)"
 	@echo "make test          run the test suite (slow end-to-end runs included)"
+	@echo "make prompt-edit   train a policy that edits a prompt per query (TEMPERA) on the demo sentiment task"
 	@echo "make eval          compare the SFT and PPO policies of run RUN on held-out prompts (win rates, KL, ...)"
 	@echo "make report        write runs/RUN/report.html (and, with Chromium installed, a screenshot of it)"
 	@echo "make results       write docs/RESULTS.md: the measured results of run RUN with the commands behind them"
@@ -68,6 +69,9 @@ rm: $(INSTALLED) $(DEMO_INPUTS)
 
 ppo: $(INSTALLED) $(DEMO_INPUTS)
 	$(LAUNCH) -m stages.ppo --config configs/$(PRESET)/ppo.yaml --run $(RUN) $(ARGS)
+
+prompt-edit: $(INSTALLED) $(DEMO_INPUTS)
+	$(LAUNCH) -m stages.prompt_edit --config configs/$(PRESET)/prompt_edit.yaml --run $(RUN) $(ARGS)
 
 eval: $(INSTALLED)
 	$(BIN)/python -m stages.eval --run $(RUN) $(ARGS)
