@@ -596,6 +596,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sides", default="ours,trl", help="comma-separated: ours, trl")
     parser.add_argument("--seeds", help="comma-separated seeds, one run each (default: the scenario's own)")
     parser.add_argument(
+        "--no_variants", action="store_true", help="skip our variants (quality's ours-zero-critic): ours and trl only"
+    )
+    parser.add_argument(
         "--ours_extra",
         default="",
         help="extra flags for our stage, appended last so they override (e.g. '--value_adapter_layers 0')",
@@ -635,7 +638,7 @@ def main(argv: list[str] | None = None) -> None:
         scenario = available[name]
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else list(scenario.seeds)
         results = {side: pool_runs([run_side(side, scenario, seed, extra[side]) for seed in seeds]) for side in sides}
-        if "ours" in sides:
+        if "ours" in sides and not args.no_variants:
             for variant, flags in scenario.ours_variants.items():
                 runs = [run_side("ours", scenario, seed, [*extra["ours"], *flags], variant) for seed in seeds]
                 results[variant] = pool_runs(runs)

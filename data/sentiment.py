@@ -10,7 +10,10 @@ clear to the gold judge.
 Every review also mentions the weather (one of WEATHER, before or after the review). VADER scores those sentences 0
 and they say nothing about the place, but rain, fog and mud pull all-MiniLM-L6-v2's embedding of the whole review
 towards " terrible": with the empty prompt it calls most positive reviews " terrible", while the sentiment is still
-there to be read. That leaves room for a prompt to win back (``python -m data.sentiment_measure`` measures it).
+there to be read. That leaves room for a prompt to win back. Measured with ``python -m data.sentiment_measure``
+(16-shot split seed 0, 200 random 5-token prompts, verbalizers " terrible" / " great"), test accuracy: empty prompt
+0.665, "Sentiment of this review:" 0.643, random prompts 0.664 +- 0.066 (best 0.81), the best random prompt on dev
+0.80; dev accuracy and the training gap reward predict test accuracy with r = 0.84 and 0.96.
 """
 
 from __future__ import annotations

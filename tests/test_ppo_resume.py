@@ -54,10 +54,12 @@ def logged_updates(metrics_file: Path) -> list[int]:
     return [record["step"] for record in read_metrics(metrics_file)]
 
 
-def kill_after_update(argv: list[str], metrics_file: Path, update: int, timeout: float = 240) -> None:
-    """Start the stage in a subprocess and SIGKILL it as soon as ``update`` has been logged."""
+def kill_after_update(
+    argv: list[str], metrics_file: Path, update: int, timeout: float = 240, module: str = "stages.ppo"
+) -> None:
+    """Start the stage ``module`` in a subprocess and SIGKILL it as soon as ``update`` has been logged."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "stages.ppo", *argv],
+        [sys.executable, "-m", module, *argv],
         cwd=REPO,
         env=subprocess_env(),
         stdout=subprocess.DEVNULL,

@@ -17,8 +17,8 @@ from pipeline.errors import PipelineError
 from pipeline.models import adapter_base, is_lora_adapter, load_causal_lm, load_tokenizer, resolve_model_source
 from pipeline.runs import StageDir, check_run_name, require_complete
 from reward_models.base import Episodes
-from stages.ppo.core import truncate_after_eos
 from stages.ppo.modeling import last_logits, position_ids_from
+from stages.ppo.rollout import to_episodes
 from stages.ppo.sampling import (
     TokenRules,
     generate,
@@ -108,23 +108,7 @@ def decode(
     )
     torch.manual_seed(seed)
     raw = generate(policy.model, prompt_ids, prompt_mask, config, TokenRules(), decoding.batch_size)
-    responses, response_mask, last_index, ended = truncate_after_eos(raw, stop_ids, tokenizer.pad_token_id)
-    texts = [
-        tokenizer.decode(row[: int(n)], skip_special_tokens=True)
-        for row, n in zip(responses.tolist(), response_mask.sum(1).tolist(), strict=True)
-    ]
-    conversational = bool(prompts) and isinstance(prompts[0], list)
-    return Episodes(
-        prompts=prompts,
-        completions=[[{"role": "assistant", "content": t}] for t in texts] if conversational else texts,
-        columns={key: list(values) for key, values in rows.items() if key not in ("prompt", "completion")},
-        input_ids=torch.cat([prompt_ids, responses], dim=1),
-        attention_mask=torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1),
-        responses=responses,
-        response_mask=response_mask,
-        last_index=last_index,
-        ended=ended,
-    )
+    return to_episodes(tokenizer, prompts, dict(rows), prompt_ids, prompt_mask, raw, stop_ids)
 
 
 @torch.no_grad()

@@ -64,31 +64,43 @@ class Sampler:
         raw = generate(
             policy, prompt_ids, prompt_mask, self.configs[greedy], self.rules, args.local_rollout_forward_batch_size
         )
-        responses, response_mask, last_index, ended = truncate_after_eos(
-            raw, self.stop_ids, self.tokenizer.pad_token_id
+        columns = {key: [value for value in values for _ in range(repeat)] for key, values in rows.items()}
+        return to_episodes(
+            self.tokenizer, prompts, columns, prompt_ids, prompt_mask, raw, self.stop_ids, args.fixed_response_length
         )
-        if args.fixed_response_length:  # no stop token can be sampled: every episode ends at the fixed length
-            ended = torch.ones_like(ended)
-        texts = [
-            self.tokenizer.decode(row[: int(n)], skip_special_tokens=True)
-            for row, n in zip(responses.tolist(), response_mask.sum(1).tolist(), strict=True)
-        ]
-        conversational = bool(prompts) and isinstance(prompts[0], list)
-        return Episodes(
-            prompts=prompts,
-            completions=[[{"role": "assistant", "content": t}] for t in texts] if conversational else texts,
-            columns={
-                key: [value for value in values for _ in range(repeat)]
-                for key, values in rows.items()
-                if key not in ("prompt", "completion", "completions")
-            },
-            input_ids=torch.cat([prompt_ids, responses], dim=1),
-            attention_mask=torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1),
-            responses=responses,
-            response_mask=response_mask,
-            last_index=last_index,
-            ended=ended,
-        )
+
+
+def to_episodes(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    columns: dict[str, list],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    raw: torch.Tensor,
+    stop_ids: list[int],
+    fixed_length: bool = False,
+) -> Episodes:
+    """Episodes from sampled responses ``raw`` [B, T] to left-padded prompts: each cut after its first stop token
+    (a fixed-length episode ends at its length), decoded, with the rows' other ``columns``."""
+    responses, response_mask, last_index, ended = truncate_after_eos(raw, stop_ids, tokenizer.pad_token_id)
+    if fixed_length:  # no stop token can be sampled: every episode ends at the fixed length
+        ended = torch.ones_like(ended)
+    texts = [
+        tokenizer.decode(row[: int(n)], skip_special_tokens=True)
+        for row, n in zip(responses.tolist(), response_mask.sum(1).tolist(), strict=True)
+    ]
+    conversational = bool(prompts) and isinstance(prompts[0], list)
+    return Episodes(
+        prompts=prompts,
+        completions=[[{"role": "assistant", "content": t}] for t in texts] if conversational else texts,
+        columns={key: values for key, values in columns.items() if key not in ("prompt", "completion", "completions")},
+        input_ids=torch.cat([prompt_ids, responses], dim=1),
+        attention_mask=torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1),
+        responses=responses,
+        response_mask=response_mask,
+        last_index=last_index,
+        ended=ended,
+    )
 
 
 @dataclass

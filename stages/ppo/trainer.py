@@ -256,7 +256,7 @@ class PPOTrainer(Trainer):
         self.model_wrapped, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         self.model_wrapped.train()  # dropout is off everywhere; training mode is what gradient checkpointing needs
         self.prepare_update()
-        accelerator.register_for_checkpointing(self.lr_scheduler, self.kl_controller, self.progress)
+        accelerator.register_for_checkpointing(*self.checkpointed_state())
         self.checkpoints = Checkpoints(
             self.work_dir / "checkpoints",
             accelerator,
@@ -279,6 +279,11 @@ class PPOTrainer(Trainer):
         self.state.logging_steps = args.logging_steps
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         return batches, num_updates
+
+    def checkpointed_state(self) -> list:
+        """Objects with ``state_dict``/``load_state_dict`` a checkpoint keeps besides the model and optimizer (the
+        main process's copy is saved and every process loads it)."""
+        return [self.lr_scheduler, self.kl_controller, self.progress]
 
     def evaluation_metrics(self, update: int) -> dict[str, float]:
         """Figures a stage measures along the way after ``update`` (e.g. a dev-set accuracy); none here."""

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, set_seed
 
@@ -188,11 +187,9 @@ def main(argv: list[str] | None = None) -> None:
         dev_every=args.dev_every,
     )
     last = trainer.train()
-    others = gather_object([[record.as_row() for record in search.records.values()]])
 
     summary: dict = {}
     if trainer.accelerator.is_main_process:
-        search.merge([rows for index, rows in enumerate(others) if index != trainer.accelerator.process_index])
         ranked = search.select(args.top_prompts, trainer.dev_accuracy)
         for record in ranked:
             append_metrics(work / PROMPTS, record.as_row())

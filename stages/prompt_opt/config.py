@@ -30,8 +30,8 @@ class PromptTaskArguments:
     task_model_kind: str = field(
         default="embedding",
         metadata={
-            "help": "'masked' (class score: the verbalizer's logit at the mask), 'causal' (its next-token score at "
-            "the end) or 'embedding' (cosine similarity to the verbalizer's mean-pooled embedding)."
+            "help": "'masked' (class score: the verbalizer's logit at the mask), 'causal' (its next-token "
+            "log-probability at the end) or 'embedding' (cosine similarity to the verbalizer's mean-pooled embedding)."
         },
     )
     task_dtype: str | None = field(default=None, metadata={"help": "The task model's dtype (e.g. bfloat16)."})
@@ -40,8 +40,7 @@ class PromptTaskArguments:
         default=None,
         metadata={
             "help": "Where the prompt and the input go: '{prompt}' and '{input}' slots, and '<mask>' for a masked "
-            "LM. Default per kind: masked '{input} {prompt} <mask> .', causal '{input} {prompt}', embedding "
-            "'{prompt} {input}'."
+            "LM. Default per kind: masked '{input} {prompt} <mask> .', causal and embedding '{input} {prompt}'."
         },
     )
     verbalizers: list[str] = field(
@@ -121,6 +120,8 @@ class PromptOptConfig(PPOArguments):
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty to the initial policy (RLPrompt has none)."})
 
     def __post_init__(self) -> None:
+        if self.prompt_length < 1:
+            raise PipelineError(f"prompt_length must be at least 1, got {self.prompt_length}")
         # The prompt is the response: exactly prompt_length tokens, never cut by EOS; every prompt of a process's
         # step is a sample of its one constant input.
         self.response_length = self.prompt_length
@@ -129,7 +130,5 @@ class PromptOptConfig(PPOArguments):
         super().__post_init__()
         if self.algorithm not in ALGORITHMS:
             raise PipelineError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.prompt_length < 1:
-            raise PipelineError(f"prompt_length must be at least 1, got {self.prompt_length}")
         if not 0 < self.target_update_rate <= 1:
             raise PipelineError(f"target_update_rate must be in (0, 1], got {self.target_update_rate}")

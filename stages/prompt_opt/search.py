@@ -29,7 +29,8 @@ class PromptRecord:
 
 
 class PromptSearch:
-    """Keeps every sampled prompt (by text: the task model reads text) and scores candidates on dev."""
+    """Keeps every sampled prompt (by text: the task model reads text) and scores candidates on dev. Each process
+    records every process's prompts, so all hold the same records."""
 
     def __init__(self) -> None:
         self.records: dict[str, PromptRecord] = {}
@@ -45,13 +46,12 @@ class PromptSearch:
         record = self.records.setdefault(text, PromptRecord(text, token_ids))
         record.greedy_at, record.dev_accuracy = update, dev_accuracy
 
-    def merge(self, others: list[list[dict]]) -> None:
-        """Fold in the records of other processes (``as_row`` lists, e.g. from ``gather_object``)."""
-        for rows in others:
-            for row in rows:
-                record = self.records.setdefault(row["text"], PromptRecord(row["text"], row["token_ids"]))
-                record.reward_sum += row["reward_sum"]
-                record.times_sampled += row["times_sampled"]
+    def state_dict(self) -> dict:
+        """Everything recorded so far (checkpoints keep it, so a resumed run selects among every prompt)."""
+        return {"records": [asdict(record) for record in self.records.values()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.records = {row["text"]: PromptRecord(**row) for row in state["records"]}
 
     def candidates(self, count: int) -> list[PromptRecord]:
         """The ``count`` sampled prompts with the best mean train reward, and every greedy prompt."""

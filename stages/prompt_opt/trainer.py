@@ -4,6 +4,7 @@ prompt and scoring the policy's greedy prompt on dev along the way."""
 from __future__ import annotations
 
 import torch
+from accelerate.utils import gather_object
 
 from pipeline.classification import LabelledTexts
 from reward_models.base import Episodes
@@ -25,13 +26,17 @@ class PromptOptTrainer(PPOTrainer):
         super().__init__(*args, rewards=RewardSources([task], [1.0], [task.__name__]), **kwargs)
         self.task, self.dev, self.search, self.dev_every = task, dev, search, dev_every
 
+    def checkpointed_state(self) -> list:
+        return [*super().checkpointed_state(), self.search]
+
     def dev_accuracy(self, prompts: list[str]) -> list[float]:
         return self.task.accuracy(prompts, self.dev.texts, self.dev.labels).tolist()
 
     def collect(self, rows: dict[str, list], timer: Timer) -> tuple[Episodes, Rewards, Rewards | None, torch.Tensor]:
         scored_before = self.task.prompts_scored
         episodes, rewards, gold, scores = super().collect(rows, timer)
-        self.search.record(episodes.completions, episodes.responses, rewards.totals)
+        gather = self.accelerator.gather
+        self.search.record(gather_object(episodes.completions), gather(episodes.responses), gather(rewards.totals))
         self.newly_scored = self.task.prompts_scored - scored_before
         return episodes, rewards, gold, scores
 
