@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from pipeline.metrics import read_metrics
 from tests.conftest import REPO
 
@@ -31,11 +33,13 @@ FAST_OPTIONS = {
 
 
 def small_split(source: str, per_class: int, out: Path) -> Path:
-    """The first ``per_class`` rows of each class of a demo sentiment file, written to ``out``."""
+    """The first ``per_class`` rows of each class of a demo sentiment file, written to ``out``, and the rows of the
+    demo config's initial exemplars where the file holds them."""
     rows = [json.loads(line) for line in (SENTIMENT / source).read_text().splitlines()]
-    kept = [r for r in rows if r["label"] == "negative"][:per_class] + [r for r in rows if r["label"] == "positive"][
-        :per_class
-    ]
+    exemplars = set(yaml.safe_load(CONFIG.read_text())["exemplars"])
+    kept = [r for r in rows if r["text"] in exemplars]
+    for label in ("negative", "positive"):
+        kept += [r for r in rows if r["label"] == label and r["text"] not in exemplars][:per_class]
     out.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return out
 

@@ -26,13 +26,15 @@ def inputs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("edit-bad")
     small_split("train.jsonl", 20, folder / "train.jsonl")
     small_split("test.jsonl", 4, folder / "test.jsonl")
-    negatives = [row for row in map(json.loads, (SENTIMENT / "test.jsonl").read_text().splitlines())]
-    (folder / "negative_pool.jsonl").write_text(
-        "".join(json.dumps(row) + "\n" for row in negatives if row["label"] == "negative")
-    )
+    rows = [json.loads(line) for line in (SENTIMENT / "test.jsonl").read_text().splitlines()]
+    negatives = [row for row in rows if row["label"] == "negative"]
+    (folder / "negative_pool.jsonl").write_text("".join(json.dumps(row) + "\n" for row in negatives))
     (folder / "big_pool.jsonl").write_text((SENTIMENT / "test.jsonl").read_text())  # 400 examples: 1600+ actions
     config = yaml.safe_load(CONFIG.read_text())
     (folder / "no_phrases.yaml").write_text(yaml.safe_dump({**config, "instruction_pool": []}))
+    # the pool files below do not hold the demo's initial exemplars: the first num_exemplars of the pool start
+    without = {key: value for key, value in config.items() if key != "exemplars"}
+    (folder / "pool_exemplars.yaml").write_text(yaml.safe_dump(without))
     return folder
 
 
@@ -49,7 +51,7 @@ CASES = {
     ),
     "empty exemplar pool": ({"exemplar_pool_size": 0}, ["the exemplar pool is empty"]),
     "exemplar pool without a class": (
-        {"exemplar_pool": "negative_pool.jsonl"},
+        {"config": "pool_exemplars.yaml", "exemplar_pool": "negative_pool.jsonl"},
         ["the exemplar pool has no example of class(es) ['positive']"],
     ),
     "initial exemplar not in the data": ({"exemplars": ["No such review."]}, ["initial exemplar 'No such review.'"]),
@@ -59,7 +61,7 @@ CASES = {
         ["action_tokens lists 2 token texts for"],
     ),
     "more actions than word tokens": (
-        {"exemplar_pool": "big_pool.jsonl"},
+        {"config": "pool_exemplars.yaml", "exemplar_pool": "big_pool.jsonl"},
         ["actions but the policy's vocabulary has only", "word tokens"],
     ),
     "a policy template without the query": ({"policy_template": "{prompt} Edits:"}, ["policy_template", "{input}"]),
