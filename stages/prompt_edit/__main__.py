@@ -52,7 +52,7 @@ PLOTS = {
 }
 
 
-def rlprompt_prompt(runs_dir: str, run: str) -> dict:
+def rlprompt_prompt(runs_dir: str, run: str, classes: list[str]) -> dict:
     """The prompt the run's prompt-optimization stage selected, with its verbalizers, or why there is none."""
     stage = StageDir(Path(runs_dir), run, "prompt_opt")
     if not stage.is_complete():
@@ -61,6 +61,8 @@ def rlprompt_prompt(runs_dir: str, run: str) -> dict:
             f"(python -m stages.prompt_opt --run {run} ...) to compare with RLPrompt"
         }
     summary = read_json(stage.final / SUMMARY)
+    if summary["task"].get("classes", classes) != classes:
+        return {"absent": f"{stage.final} classifies {summary['task']['classes']}, not {classes}"}
     return {
         "prompt": summary["selected_prompt"]["text"],
         "verbalizers": summary["task"]["verbalizers"],
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             train_actions,
             args.random_edit_draws,
             args.seed,
-            rlprompt_prompt(run_args.runs_dir, run_args.run),
+            rlprompt_prompt(run_args.runs_dir, run_args.run, task.class_names),
         )
         for row in edit_rows(reward, task, test_actions, args.sample_queries):
             append_metrics(work / EDITS, row)
