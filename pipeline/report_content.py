@@ -481,7 +481,11 @@ def prompt_edit_tables(folder: Path, summary: dict) -> list[Table | str]:
                     [
                         str(e.get("query", "")),
                         str(e.get("initial_prompt", "")),
-                        "\n".join(f"{a.get('action')} -> {fmt(a.get('score_after'))}" for a in e.get("edits", [])),
+                        "\n".join(
+                            f"{a.get('action')}{' (no change)' if a.get('changed') is False else ''} -> "
+                            f"{fmt(a.get('score_after'))}"
+                            for a in e.get("edits", [])
+                        ),
                         str(e.get("final_prompt", "")),
                         f"{e.get('prediction')} / {e.get('label')}",
                     ]

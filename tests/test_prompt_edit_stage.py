@@ -69,7 +69,9 @@ def test_the_run_folder_holds_what_the_report_reads(finished):
     assert len(rows) == 12
     for row in rows:
         assert set(row) == {"query", "initial_prompt", "initial_score", "edits", "final_prompt", "prediction", "label"}
-        assert all(set(e) == {"action", "prompt_after", "score_after"} for e in row["edits"])
+        assert all(set(e) == {"action", "changed", "prompt_after", "score_after"} for e in row["edits"])
+        prompts = [row["initial_prompt"]] + [e["prompt_after"] for e in row["edits"]]
+        assert [e["changed"] for e in row["edits"]] == [a != b for a, b in zip(prompts, prompts[1:], strict=False)]
         assert row["final_prompt"] == (row["edits"][-1]["prompt_after"] if row["edits"] else row["initial_prompt"])
     # edits.jsonl holds every test query here, so its predictions give the summary's accuracy
     hits = sum(row["prediction"] == row["label"] for row in rows)

@@ -121,7 +121,9 @@ def run(tmp_path: Path) -> Path:
                   "baselines": baselines, "task": task}  # fmt: skip
     stage(run_dir, "prompt_opt", prompt_opt, ("reward", "dev_accuracy"), prompts=[selected | {"times_sampled": 4}])
     edit = {"query": HOSTILE, "initial_prompt": "Classify:", "final_prompt": "Classify carefully:",
-            "edits": [{"action": "add 'carefully'", "prompt_after": "Classify carefully:", "score_after": 0.4}],
+            "edits": [{"action": "add 'carefully'", "prompt_after": "Classify carefully:", "score_after": 0.4},
+                      {"action": "add 'carefully'", "changed": False, "prompt_after": "Classify carefully:",
+                       "score_after": 0.4}],
             "prediction": "pos", "label": "pos"}  # fmt: skip
     edit_baselines = {
         "initial_prompt": {"prompt": "Classify:", "test_accuracy": 0.6},
@@ -159,6 +161,7 @@ def test_every_stage_has_a_section_with_its_tables_and_plots(run: Path):
         "20 random prompts",
         "Sample edits of test queries",
         "add &#x27;carefully&#x27; -&gt; 0.4",
+        "add &#x27;carefully&#x27; (no change) -&gt; 0.4",  # an action that changed nothing says so
         "as many random edits",  # the random-edits baseline by its description
         "absent: no prompt_opt stage",
         "Edits the policy chose",

@@ -114,8 +114,9 @@ def rlprompt_figures(reward: EditReward, task: EditTask, rlprompt: dict | None) 
 
 
 def edit_rows(reward: EditReward, task: EditTask, actions: list[list[int]], count: int) -> list[dict]:
-    """The first ``count`` test queries as a person reads them: the initial prompt, each edit with the prompt after
-    it and its score (on the query's label), the final prompt and the task model's answer."""
+    """The first ``count`` test queries as a person reads them: the initial prompt, each action with whether it
+    changed the prompt, the prompt after it and its score (on the query's label), the final prompt and the task
+    model's answer."""
     space, test = task.space, task.test
     rows = []
     for query, label, episode in list(zip(test.texts, test.labels, actions, strict=True))[:count]:
@@ -128,8 +129,13 @@ def edit_rows(reward: EditReward, task: EditTask, actions: list[list[int]], coun
                 "initial_prompt": space.render(task.initial),
                 "initial_score": scores[0],
                 "edits": [
-                    {"action": space.describe(a), "prompt_after": space.render(s), "score_after": score}
-                    for a, s, score in zip(episode, states[1:], scores[1:], strict=True)
+                    {
+                        "action": space.describe(a),
+                        "changed": after != before,
+                        "prompt_after": space.render(after),
+                        "score_after": score,
+                    }
+                    for a, before, after, score in zip(episode, states, states[1:], scores[1:], strict=False)
                 ],
                 "final_prompt": space.render(states[-1]),
                 "prediction": task.class_names[prediction],
