@@ -31,12 +31,14 @@ endif
 LAUNCH := $(BIN)/python -m pipeline.launch $(LAUNCH_FLAGS)
 DEMO_INPUTS := $(if $(filter demo,$(PRESET)),$(DEMO_DATA) $(TINY_BASE))
 
-.PHONY: help venv data base sft rm ppo prompt-opt prompt-opt-seeds eval report results export test test-fast bench lint clean
+.PHONY: help venv data base sft rm ppo prompt-opt prompt-opt-seeds prompt-edit eval report results export test test-fast \
+	bench lint clean
 
 help:
 	@echo "make sft rm ppo    run the pipeline (RUN=$(RUN), PRESET=$(PRESET); NPROC, ACCELERATE_CONFIG, ARGS pass through)"
 	@echo "make test          run the test suite (slow end-to-end runs included)"
 	@echo "make prompt-opt    learn a classification prompt with PPO and with soft Q-learning (RLPrompt; RUN, RUN-sql)"
+	@echo "make prompt-edit   train a policy that edits the prompt per query (TEMPERA) on the same demo task"
 	@echo "make eval          compare the SFT and PPO policies of run RUN on held-out prompts (win rates, KL, ...)"
 	@echo "make report        write runs/RUN/report.html (and, with Chromium installed, a screenshot of it)"
 	@echo "make results       write docs/RESULTS.md: the measured results of run RUN with the commands behind them"
@@ -86,6 +88,9 @@ prompt-opt-seeds: $(INSTALLED) $(DEMO_INPUTS)
 	done
 	$(BIN)/python -m stages.prompt_opt.compare --out runs/prompt-opt-seeds.md \
 		--runs $(foreach seed,$(SEEDS),po-ppo-$(seed) po-sql-$(seed))
+
+prompt-edit: $(INSTALLED) $(DEMO_INPUTS)
+	$(LAUNCH) -m stages.prompt_edit --config configs/$(PRESET)/prompt_edit.yaml --run $(RUN) $(ARGS)
 
 eval: $(INSTALLED)
 	$(BIN)/python -m stages.eval --run $(RUN) $(ARGS)

@@ -49,7 +49,7 @@ HEADLINES = {
         "kl",
     ),
     "prompt_opt": ("algorithm", "test_accuracy", "updates"),
-    "prompt_edit": ("test_accuracy",),
+    "prompt_edit": ("test_accuracy", "mean_edits", "updates"),
 }
 SAMPLE_ROWS = 8
 MAKE_TARGETS = ("sft", "rm", "ppo", "eval")
@@ -436,11 +436,14 @@ def prompt_opt_tables(folder: Path, summary: dict) -> list[Table | str]:
 
 
 def baseline_rows(baselines: dict) -> list[list[str]]:
-    """[name, prompt, test accuracy] of each baseline of a prompt stage's summary."""
+    """[name, prompt, test accuracy] of each baseline of a prompt stage's summary: a baseline with a mean over
+    draws shows its ``description`` (or its count of random prompts), one that could not be measured says why."""
     rows = []
     for name, baseline in baselines.items():
-        if "test_accuracy_mean" in baseline:
-            text = f"{baseline.get('count', '')} random prompts"
+        if "absent" in baseline:
+            text, value = f"absent: {baseline['absent']}", ""
+        elif "test_accuracy_mean" in baseline:
+            text = baseline.get("description") or f"{baseline.get('count', '')} random prompts"
             value = f"{baseline['test_accuracy_mean']:.4g} ± {baseline.get('test_accuracy_std', 0):.2g}"
         else:
             text, value = repr(baseline.get("prompt", "")), fmt(baseline.get("test_accuracy"))
@@ -451,10 +454,25 @@ def baseline_rows(baselines: dict) -> list[list[str]]:
 def prompt_edit_tables(folder: Path, summary: dict) -> list[Table | str]:
     """Test accuracy against the baselines, and the edits made for the first test queries."""
     blocks: list[Table | str] = []
-    rows = [["edited per query", "", fmt(summary.get("test_accuracy"))], *baseline_rows(summary.get("baselines", {}))]
+    edits = f"{fmt(summary.get('mean_edits'))} edits per query" if "mean_edits" in summary else ""
+    rows = [
+        ["edited per query", edits, fmt(summary.get("test_accuracy"))],
+        *baseline_rows(summary.get("baselines", {})),
+    ]
     blocks.append(Table("Test accuracy against the baselines", ["prompt", "text", "test accuracy"], rows))
-    edits = read_metrics(folder / "edits.jsonl")
-    if edits:
+    kinds = summary.get("edit_kinds")
+    if kinds:
+        shares = {**kinds, **summary.get("edit_operations", {})}
+        table = [[name, fmt(share)] for name, share in shares.items()]
+        blocks.append(Table("Edits the policy chose (share of all edits)", ["edit", "share"], table))
+    sequences = summary.get("sequences")
+    if sequences:
+        blocks.append(
+            f"{sequences.get('distinct')} distinct edit sequences over the test queries; the most common, on "
+            f"{fmt(sequences.get('most_common_share'))} of them: {fmt(sequences.get('most_common'))}"
+        )
+    edit_rows = read_metrics(folder / "edits.jsonl")
+    if edit_rows:
         blocks.append(
             Table(
                 "Sample edits of test queries",
@@ -463,11 +481,15 @@ def prompt_edit_tables(folder: Path, summary: dict) -> list[Table | str]:
                     [
                         str(e.get("query", "")),
                         str(e.get("initial_prompt", "")),
-                        "\n".join(f"{a.get('action')} -> {fmt(a.get('score_after'))}" for a in e.get("edits", [])),
+                        "\n".join(
+                            f"{a.get('action')}{' (no change)' if a.get('changed') is False else ''} -> "
+                            f"{fmt(a.get('score_after'))}"
+                            for a in e.get("edits", [])
+                        ),
                         str(e.get("final_prompt", "")),
                         f"{e.get('prediction')} / {e.get('label')}",
                     ]
-                    for e in edits[:SAMPLE_ROWS]
+                    for e in edit_rows[:SAMPLE_ROWS]
                 ],
             )
         )

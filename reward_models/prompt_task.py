@@ -50,6 +50,15 @@ def gold_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)[_gold_mask(logits, labels)].view(labels.shape)
 
 
+def edit_score(logits: torch.Tensor, labels: torch.Tensor, gold_coef: float, other_coef: float) -> torch.Tensor:
+    """TEMPERA's score of a prompt on an example: ``gold_coef * log P(gold) - other_coef * max over the other
+    classes of log P(c)``, with P the softmax over the verbalizers; shape [...]."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    gold = _gold_mask(logits, labels)
+    other = log_probs.masked_fill(gold, float("-inf")).amax(dim=-1)
+    return gold_coef * log_probs[gold].view(labels.shape) - other_coef * other
+
+
 # per-example rewards by name; each is averaged over the examples a prompt is scored on
 REWARDS: dict[str, Callable[..., torch.Tensor]] = {
     "gap": gap_reward,

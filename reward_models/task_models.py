@@ -16,6 +16,7 @@ after a space is a different token from the same word at the start of a text (" 
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
@@ -395,6 +396,21 @@ def _position_limit(config: PretrainedConfig) -> int | None:
 
 
 _AUTO = {"masked": AutoModelForMaskedLM, "causal": AutoModelForCausalLM, "embedding": AutoModel}
+
+
+def resolve_task_model(spec: str | None) -> str:
+    """A hub id or folder as given (checked as ``resolve_model_source`` checks it); ``package:<module>`` is the model
+    folder that installed package ships (its ``get_model_path()``)."""
+    if spec and spec.startswith("package:"):
+        name = spec.removeprefix("package:")
+        try:
+            module = importlib.import_module(name)
+        except ImportError as error:
+            raise PipelineError(f"task_model '{spec}': cannot import package '{name}' ({error})") from error
+        if not hasattr(module, "get_model_path"):
+            raise PipelineError(f"task_model '{spec}': package '{name}' has no get_model_path() for its model folder")
+        return str(module.get_model_path())
+    return resolve_model_source(spec, "task model")
 
 
 def load_task_model(

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from pipeline.errors import PipelineError
 from reward_models.base import RewardFunction
-from reward_models.prompt_task import PromptTaskReward, correct, gap, gap_reward, gold_log_prob
+from reward_models.prompt_task import PromptTaskReward, correct, edit_score, gap, gap_reward, gold_log_prob
 from reward_models.task_models import EmbeddingTaskModel
 from tests.task_model_testing import ForwardCounter, tiny_encoder
 
@@ -62,10 +62,19 @@ def test_log_prob_and_accuracy_by_hand():
     torch.testing.assert_close(correct(logits, labels), torch.tensor([1.0, 0.0, 0.0]))
 
 
+def test_edit_score_weighs_log_p_gold_against_the_best_other_class():
+    logits = logits_of([[0.5, 0.3, 0.2]] * 2)
+    labels = torch.tensor([0, 2])
+    # gold 0: 2 log 0.5 - log 0.3 (the best other class); gold 2: 2 log 0.2 - log 0.5
+    expected = [2 * math.log(0.5) - math.log(0.3), 2 * math.log(0.2) - math.log(0.5)]
+    torch.testing.assert_close(edit_score(logits, labels, 2.0, 1.0), torch.tensor(expected))
+    torch.testing.assert_close(edit_score(logits, labels, 1.0, 0.0), gold_log_prob(logits, labels))
+
+
 def test_rewards_keep_a_prompts_by_examples_shape():
     logits = logits_of([[0.7, 0.3], [0.4, 0.6]]).expand(3, 2, 2)
     labels = torch.tensor([0, 1]).expand(3, 2)
-    for function in (gap, gap_reward, correct, gold_log_prob):
+    for function in (gap, gap_reward, correct, gold_log_prob, lambda *a: edit_score(*a, 1.0, 1.0)):
         assert function(logits, labels).shape == (3, 2)
 
 

@@ -121,10 +121,23 @@ def run(tmp_path: Path) -> Path:
                   "baselines": baselines, "task": task}  # fmt: skip
     stage(run_dir, "prompt_opt", prompt_opt, ("reward", "dev_accuracy"), prompts=[selected | {"times_sampled": 4}])
     edit = {"query": HOSTILE, "initial_prompt": "Classify:", "final_prompt": "Classify carefully:",
-            "edits": [{"action": "add 'carefully'", "prompt_after": "Classify carefully:", "score_after": 0.4}],
+            "edits": [{"action": "add 'carefully'", "prompt_after": "Classify carefully:", "score_after": 0.4},
+                      {"action": "add 'carefully'", "changed": False, "prompt_after": "Classify carefully:",
+                       "score_after": 0.4}],
             "prediction": "pos", "label": "pos"}  # fmt: skip
-    stage(run_dir, "prompt_edit", {"test_accuracy": 0.9, "baselines": {"manual_prompt": baselines["manual_prompt"]}},
-          (), edits=[edit])  # fmt: skip
+    edit_baselines = {
+        "initial_prompt": {"prompt": "Classify:", "test_accuracy": 0.6},
+        "random_edits": {"description": "as many random edits", "test_accuracy_mean": 0.58, "test_accuracy_std": 0.01},
+        "rlprompt": {"absent": "no prompt_opt stage"},
+    }
+    prompt_edit = {
+        "test_accuracy": 0.9,
+        "mean_edits": 1.5,
+        "baselines": edit_baselines,
+        "edit_kinds": {"instruction": 1.0, "exemplar": 0.0, "verbalizer": 0.0},
+        "sequences": {"distinct": 3, "most_common": ["add 'carefully'"], "most_common_share": 0.5},
+    }
+    stage(run_dir, "prompt_edit", prompt_edit, (), edits=[edit])  # fmt: skip
     stage(run_dir, "dpo", {"eval_loss": 0.42, "note": HOSTILE}, ("loss",))
     return run_dir
 
@@ -148,6 +161,11 @@ def test_every_stage_has_a_section_with_its_tables_and_plots(run: Path):
         "20 random prompts",
         "Sample edits of test queries",
         "add &#x27;carefully&#x27; -&gt; 0.4",
+        "add &#x27;carefully&#x27; (no change) -&gt; 0.4",  # an action that changed nothing says so
+        "as many random edits",  # the random-edits baseline by its description
+        "absent: no prompt_opt stage",
+        "Edits the policy chose",
+        "3 distinct edit sequences over the test queries",
         "Configuration (manifest.json)",
     ):
         assert text in page, text

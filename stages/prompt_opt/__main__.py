@@ -9,7 +9,6 @@ dev split is reported on the test split beside the baselines (empty, manual and 
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from pipeline.models import load_causal_lm, load_tokenizer, resolve_model_source
 from pipeline.report import refresh_report
 from pipeline.runs import METRICS, StageDir, begin_stage, end_stage
 from reward_models.prompt_task import PromptTaskReward
-from reward_models.task_models import load_task_model
+from reward_models.task_models import load_task_model, resolve_task_model
 from stages.ppo.build import build_policy_and_value, with_lora
 from stages.ppo.checkpoints import check_resumable
 from stages.ppo.config import PPOModelArguments
@@ -46,20 +45,6 @@ PLOTS = {
     "losses": ["loss/policy_avg", "loss/value_avg", "loss/sql"],
     "time": ["time/generation", "time/forward", "time/reward", "time/update"],
 }
-
-
-def resolve_task_model(spec: str | None) -> str:
-    """A hub id or folder as given; ``package:<module>`` is the model folder that installed package ships."""
-    if spec and spec.startswith("package:"):
-        name = spec.removeprefix("package:")
-        try:
-            module = importlib.import_module(name)
-        except ImportError as error:
-            raise PipelineError(f"task_model '{spec}': cannot import package '{name}' ({error})") from error
-        if not hasattr(module, "get_model_path"):
-            raise PipelineError(f"task_model '{spec}': package '{name}' has no get_model_path() for its model folder")
-        return str(module.get_model_path())
-    return resolve_model_source(spec, "task model")
 
 
 def allowed_token_ids(tokenizer: PreTrainedTokenizerBase, spec: str | None) -> list[int] | None:
