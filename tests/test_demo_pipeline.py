@@ -38,7 +38,7 @@ def test_demo_sft_rm_ppo(tmp_path: Path) -> None:
     assert rm["eval_accuracy"] >= 0.75
     # The RM is a LoRA adapter on the SFT model, so PPO holds one base for policy, reference, value and reward,
     # and its critic starts from the reward model.
-    assert rm["lora"] is True and ppo["reward_on_policy_base"] is True and ppo["value_init"] == "reward"
+    assert rm["lora"] is True and ppo["reward_on_policy_base"] is True and ppo["critic_from_reward_model"] is True
     evaluation = ppo["evaluation"]
     # "Clearly above": the gain in mean held-out score exceeds three standard errors of the two means combined.
     for key, gain in (("score", ppo["score_gain"]), ("gold_score", ppo["gold_gain"])):
