@@ -7,6 +7,7 @@ else the ``dataset_test_split``, else a held-out fraction of the training rows).
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datasets import ClassLabel, Dataset
 
 from pipeline.config import DataArguments
-from pipeline.datasets import load_raw
+from pipeline.datasets import load_raw, load_rows
 from pipeline.errors import PipelineError
 
 
@@ -139,3 +140,37 @@ def few_shot_split(
 
 def _select(pool: LabelledTexts, rows: list[int]) -> LabelledTexts:
     return LabelledTexts([pool.texts[row] for row in rows], [pool.labels[row] for row in rows])
+
+
+def file_command_parser(prog: str, description: str, output_help: str) -> argparse.ArgumentParser:
+    """The arguments of a prompt stage's file-in, predictions-out command (the run, the input file and its
+    columns, the output); the command adds its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--run", default="demo")
+    parser.add_argument("--runs_dir", default="runs")
+    parser.add_argument("--input", required=True, help="a .jsonl/.json/.csv/.parquet file or a hub dataset id")
+    parser.add_argument("--text_column", default=None, help="default: the run's text column")
+    parser.add_argument("--label_column", default="label", help="used for accuracy when the file has it")
+    parser.add_argument("--output", default=None, help=output_help)
+    return parser
+
+
+def read_queries(
+    path: str, text_column: str, label_column: str, class_names: Sequence[str]
+) -> tuple[list[str], list[int] | None]:
+    """The texts of a file to classify, and their class indices when the file has ``label_column``."""
+    rows = load_rows(path)
+    if text_column not in rows.column_names:
+        raise PipelineError(f"{path} has no column '{text_column}' (columns: {rows.column_names}); set --text_column")
+    labels = None
+    if label_column in rows.column_names:
+        labels = labelled_texts(rows, class_names, text_column, label_column, path).labels
+    return list(rows[text_column]), labels
+
+
+def accuracy_note(predictions: Sequence[str], labels: list[int] | None, class_names: Sequence[str]) -> str:
+    """'; accuracy A (hits/n)' for predicted class names against class indices, or '' without labels."""
+    if labels is None:
+        return ""
+    hits = sum(class_names[label] == prediction for label, prediction in zip(labels, predictions, strict=True))
+    return f"; accuracy {hits / len(labels):.3f} ({hits}/{len(labels)})"

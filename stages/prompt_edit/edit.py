@@ -8,7 +8,6 @@ class and, where the file has labels, the label) and prints the accuracy when la
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -16,8 +15,7 @@ from accelerate import PartialState
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.classification import labelled_texts
-from pipeline.datasets import load_rows
+from pipeline.classification import accuracy_note, file_command_parser, read_queries
 from pipeline.errors import PipelineError, run_main
 from pipeline.runs import StageDir, read_json, write_text_atomic
 from reward_models.task_models import load_task_model
@@ -70,13 +68,11 @@ def edit_and_classify(stage_dir: Path, texts: list[str], batch_size: int = 64) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.prompt_edit.edit", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default="demo")
-    parser.add_argument("--runs_dir", default="runs")
-    parser.add_argument("--input", required=True, help="a .jsonl/.json/.csv/.parquet file or a hub dataset id")
-    parser.add_argument("--text_column", default=None, help="default: the run's text column")
-    parser.add_argument("--label_column", default="label", help="used for accuracy when the file has it")
-    parser.add_argument("--output", default=None, help="default: <input name>.edited.jsonl in the stage folder")
+    parser = file_command_parser(
+        "python -m stages.prompt_edit.edit",
+        __doc__.split("\n\n")[0],
+        "default: <input name>.edited.jsonl in the stage folder",
+    )
     args = parser.parse_args(argv)
     stage = StageDir(Path(args.runs_dir), args.run, STAGE)
     if not stage.is_complete():
@@ -84,26 +80,16 @@ def main(argv: list[str] | None = None) -> None:
             f"stage '{STAGE}' of run '{args.run}' is not complete: run `make prompt-edit RUN={args.run}`"
         )
     saved = read_json(stage.final / ENVIRONMENT)
-    text_column = args.text_column or saved["task"]["text_column"]
-    rows = load_rows(args.input)
-    if text_column not in rows.column_names:
-        raise PipelineError(
-            f"{args.input} has no column '{text_column}' (columns: {rows.column_names}); set --text_column"
-        )
-    texts = list(rows[text_column])
-    results = edit_and_classify(stage.final, texts)
     classes = saved["classes"]
-    labels = None
-    if args.label_column in rows.column_names:
-        labels = labelled_texts(rows, classes, text_column, args.label_column, args.input).labels
+    text_column = args.text_column or saved["task"]["text_column"]
+    texts, labels = read_queries(args.input, text_column, args.label_column, classes)
+    results = edit_and_classify(stage.final, texts)
+    if labels is not None:
         for result, label in zip(results, labels, strict=True):
             result["label"] = classes[label]
     out = Path(args.output) if args.output else stage.final / f"{Path(args.input).stem}.edited.jsonl"
     write_text_atomic(out, "".join(json.dumps(result) + "\n" for result in results))
-    accuracy = ""
-    if labels is not None:
-        hits = sum(result["prediction"] == result["label"] for result in results)
-        accuracy = f"; accuracy {hits / len(results):.3f} ({hits}/{len(results)})"
+    accuracy = accuracy_note([result["prediction"] for result in results], labels, classes)
     edits = sum(result["changed_prompt"] for result in results) / max(len(results), 1)
     print(f"edited the prompt of {len(texts)} texts ({edits:.2f} edits each){accuracy}; wrote {out}")
 

@@ -8,14 +8,12 @@ the accuracy when labels are present.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from accelerate import PartialState
 
-from pipeline.classification import labelled_texts
-from pipeline.datasets import load_rows
+from pipeline.classification import accuracy_note, file_command_parser, read_queries
 from pipeline.errors import PipelineError, run_main
 from pipeline.runs import SUMMARY, StageDir, read_json, write_text_atomic
 from reward_models.task_models import load_task_model
@@ -39,14 +37,12 @@ def classify(summary: dict, texts: list[str], prompt: str, batch_size: int = 64)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.prompt_opt.classify", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default="demo")
-    parser.add_argument("--runs_dir", default="runs")
-    parser.add_argument("--input", required=True, help="a .jsonl/.json/.csv/.parquet file or a hub dataset id")
-    parser.add_argument("--text_column", default=None, help="default: the run's text column")
-    parser.add_argument("--label_column", default="label", help="used for accuracy when the file has it")
+    parser = file_command_parser(
+        "python -m stages.prompt_opt.classify",
+        __doc__.split("\n\n")[0],
+        "default: <input name>.predictions.jsonl beside the run",
+    )
     parser.add_argument("--prompt", default=None, help="default: the prompt the run selected")
-    parser.add_argument("--output", default=None, help="default: <input name>.predictions.jsonl beside the run")
     args = parser.parse_args(argv)
     stage = StageDir(Path(args.runs_dir), args.run, STAGE)
     if not stage.is_complete():
@@ -54,34 +50,18 @@ def main(argv: list[str] | None = None) -> None:
             f"stage '{STAGE}' of run '{args.run}' is not complete: run `make prompt-opt RUN={args.run}`"
         )
     summary = read_json(stage.final / SUMMARY)
+    classes = summary["task"]["classes"]
     text_column = args.text_column or summary["task"].get("text_column", "text")
-    rows = load_rows(args.input)
-    if text_column not in rows.column_names:
-        raise PipelineError(
-            f"{args.input} has no column '{text_column}' (columns: {rows.column_names}); set --text_column"
-        )
-    texts = list(rows[text_column])
+    texts, labels = read_queries(args.input, text_column, args.label_column, classes)
     prompt = summary["selected_prompt"]["text"] if args.prompt is None else args.prompt
     predictions = classify(summary, texts, prompt)
-    labels = None
-    if args.label_column in rows.column_names:
-        labels = labelled_texts(rows, summary["task"]["classes"], text_column, args.label_column, args.input).labels
     out = Path(args.output) if args.output else stage.final / f"{Path(args.input).stem}.predictions.jsonl"
     lines = [
-        json.dumps(
-            {
-                "text": text,
-                "prediction": prediction,
-                **({"label": summary["task"]["classes"][labels[i]]} if labels else {}),
-            }
-        )
+        json.dumps({"text": text, "prediction": prediction, **({"label": classes[labels[i]]} if labels else {})})
         for i, (text, prediction) in enumerate(zip(texts, predictions, strict=True))
     ]
     write_text_atomic(out, "".join(line + "\n" for line in lines))
-    accuracy = ""
-    if labels is not None:
-        hits = sum(summary["task"]["classes"][label] == p for label, p in zip(labels, predictions, strict=True))
-        accuracy = f"; accuracy {hits / len(labels):.3f} ({hits}/{len(labels)})"
+    accuracy = accuracy_note(predictions, labels, classes)
     print(f"classified {len(texts)} texts with prompt {prompt!r}{accuracy}; wrote {out}")
 
 
