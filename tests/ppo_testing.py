@@ -129,17 +129,22 @@ def tiny_reward_adapter(base: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def ppo_argv(runs_dir: Path, run: str, sft_model: Path | None, **options) -> list[str]:
-    """Command-line arguments for the PPO stage: the demo config, FAST_OPTIONS, then ``options`` (None drops one, a
-    list gives several values)."""
-    merged = {**FAST_OPTIONS, "runs_dir": runs_dir, "run": run, "sft_model_path": sft_model, **options}
-    argv = ["--config", str(PPO_CONFIG)]
-    for name, value in merged.items():
+def config_argv(config: Path, options: dict) -> list[str]:
+    """``--config config`` then ``--name value`` for each option (None drops one, a list gives several values)."""
+    argv = ["--config", str(config)]
+    for name, value in options.items():
         if isinstance(value, list):
             argv += [f"--{name}", *map(str, value)]
         elif value is not None:
             argv += [f"--{name}", str(value)]
     return argv
+
+
+def ppo_argv(runs_dir: Path, run: str, sft_model: Path | None, **options) -> list[str]:
+    """Command-line arguments for the PPO stage: the demo config, FAST_OPTIONS, then ``options`` (None drops one, a
+    list gives several values)."""
+    merged = {**FAST_OPTIONS, "runs_dir": runs_dir, "run": run, "sft_model_path": sft_model, **options}
+    return config_argv(PPO_CONFIG, merged)
 
 
 def run_ppo(argv: list[str]) -> list[dict]:

@@ -10,6 +10,7 @@ import yaml
 
 from pipeline.metrics import read_metrics
 from tests.conftest import REPO
+from tests.ppo_testing import config_argv
 
 CONFIG = REPO / "configs" / "demo" / "prompt_edit.yaml"
 SENTIMENT = REPO / "data" / "demo_sentiment"
@@ -47,13 +48,7 @@ def small_split(source: str, per_class: int, out: Path) -> Path:
 def edit_argv(runs: Path, run: str, policy: Path, **options) -> list[str]:
     """Stage arguments: the demo config, FAST_OPTIONS, then ``options`` (None drops one, a list gives several)."""
     merged = {**FAST_OPTIONS, "runs_dir": runs, "run": run, "policy_model": policy, **options}
-    argv = ["--config", str(CONFIG)]
-    for name, value in merged.items():
-        if isinstance(value, list):
-            argv += [f"--{name}", *map(str, value)]
-        elif value is not None:
-            argv += [f"--{name}", str(value)]
-    return argv
+    return config_argv(CONFIG, merged)
 
 
 def stage_records(runs: Path, run: str) -> tuple[dict, list[dict], list[dict]]:

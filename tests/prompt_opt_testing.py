@@ -15,7 +15,7 @@ import stages.prompt_opt.__main__ as prompt_opt_stage
 from pipeline.errors import run_main
 from stages.prompt_opt.trainer import PromptOptTrainer
 from tests.conftest import REPO
-from tests.ppo_testing import digest, snapshot
+from tests.ppo_testing import config_argv, digest, snapshot
 
 CONFIG = REPO / "configs" / "demo" / "prompt_opt.yaml"
 SENTIMENT = REPO / "data" / "demo_sentiment"
@@ -51,13 +51,7 @@ def prompt_opt_argv(runs_dir: Path, run: str, policy: Path, test_file: Path, **o
         "eval_dataset_name": test_file,
         **options,
     }
-    argv = ["--config", str(CONFIG)]
-    for name, value in merged.items():
-        if isinstance(value, list):
-            argv += [f"--{name}", *map(str, value)]
-        elif value is not None:
-            argv += [f"--{name}", str(value)]
-    return argv
+    return config_argv(CONFIG, merged)
 
 
 class RecordingPromptTrainer(PromptOptTrainer):
